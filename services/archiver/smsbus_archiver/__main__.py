@@ -1,0 +1,3 @@
+from smsbus_archiver.archiver import main
+
+main()

@@ -1,0 +1,3 @@
+from smsbus_broker.broker import main
+
+main()

@@ -1,0 +1,1 @@
+"""smsbus GSM modem channel and modem emulator."""

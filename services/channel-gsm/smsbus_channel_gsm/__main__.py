@@ -1,0 +1,3 @@
+from smsbus_channel_gsm.channel_gsm import main
+
+main()

@@ -1,0 +1,3 @@
+from smsbus_channel_smpp.channel_smpp import main
+
+main()

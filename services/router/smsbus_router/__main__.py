@@ -1,0 +1,3 @@
+from smsbus_router.router import main
+
+main()

@@ -1,0 +1,3 @@
+from smsbus_triggers.triggers import main
+
+main()

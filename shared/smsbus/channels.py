@@ -1,0 +1,128 @@
+"""The `channels` table, edited while everything runs: add, change, enable, disable, remove.
+
+Settings are validated per type (smsbus.channel_settings) before they are saved, so a typo is
+refused at once with the field named. The supervisord programs follow the enabled rows
+(`enabled_programs` -> supervisor.Supervisor.sync_channels).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.types.json import Jsonb
+
+from smsbus.channel_settings import GsmSettings, validate_settings
+from smsbus.db import translate_refusal
+from smsbus.errors import SmsbusError
+from smsbus.supervisor import ChannelProgram
+
+# supervisord's wait after SIGTERM for a channel type with nothing longer to finish
+DEFAULT_STOP_WAIT_S = 10
+
+INSERT_CHANNEL = """
+INSERT INTO channels (name, type, enabled, settings, report_timeout, max_rate, daily_limit)
+VALUES (%(name)s, %(type)s, %(enabled)s, %(settings)s, %(report_timeout)s, %(max_rate)s, %(daily_limit)s)
+RETURNING *
+"""
+SELECT_CHANNELS = "SELECT * FROM channels ORDER BY name"
+SELECT_CHANNEL = "SELECT * FROM channels WHERE name = %(name)s"
+SELECT_ENABLED = "SELECT name, type, settings FROM channels WHERE enabled ORDER BY name"
+SET_ENABLED = "UPDATE channels SET enabled = %(enabled)s WHERE name = %(name)s RETURNING *"
+SET_SETTINGS = "UPDATE channels SET settings = %(settings)s WHERE name = %(name)s RETURNING *"
+DELETE_CHANNEL = "DELETE FROM channels WHERE name = %(name)s RETURNING *"
+
+
+class ChannelNotFound(SmsbusError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no channel named {name!r} (see `smsbus channels list`)")
+
+
+def add_channel(
+    conn: psycopg.Connection[Any],
+    name: str,
+    channel_type: str,
+    settings: dict[str, Any],
+    *,
+    enabled: bool = True,
+    report_timeout: timedelta | None = None,
+    max_rate: float | None = None,
+    daily_limit: int | None = None,
+) -> dict[str, Any]:
+    """Validated, then saved; ConfigError names a bad setting, InvalidMessage a refused column."""
+    validate_settings(channel_type, settings)
+    params = {
+        "name": name,
+        "type": channel_type,
+        "enabled": enabled,
+        "settings": Jsonb(settings),
+        "report_timeout": report_timeout or timedelta(hours=48),
+        "max_rate": max_rate,
+        "daily_limit": daily_limit,
+    }
+    try:
+        with conn.transaction():
+            row = conn.execute(INSERT_CHANNEL, params).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise SmsbusError(f"a channel named {name!r} exists already") from None
+    except psycopg.errors.IntegrityError as e:
+        raise translate_refusal(e) from None
+    assert row is not None
+    return dict(row)
+
+
+def list_channels(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return [dict(row) for row in conn.execute(SELECT_CHANNELS)]
+
+
+def get_channel(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    return _one(conn, SELECT_CHANNEL, {"name": name}, name)
+
+
+def set_enabled(conn: psycopg.Connection[Any], name: str, enabled: bool) -> dict[str, Any]:
+    with conn.transaction():
+        return _one(conn, SET_ENABLED, {"name": name, "enabled": enabled}, name)
+
+
+def change_settings(conn: psycopg.Connection[Any], name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge `changes` into the saved settings (None removes a key: its default applies)."""
+    with conn.transaction():
+        channel = get_channel(conn, name)
+        merged = {k: v for k, v in {**channel["settings"], **changes}.items() if v is not None}
+        validate_settings(channel["type"], merged)
+        return _one(conn, SET_SETTINGS, {"name": name, "settings": Jsonb(merged)}, name)
+
+
+def remove_channel(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    with conn.transaction():
+        return _one(conn, DELETE_CHANNEL, {"name": name}, name)
+
+
+def stop_wait_seconds(settings: msgspec.Struct) -> int:
+    """supervisord's wait after SIGTERM: the longest exchange the channel finishes first."""
+    if isinstance(settings, GsmSettings):
+        return math.ceil(settings.send_timeout_s + settings.command_timeout_s) + 5
+    return DEFAULT_STOP_WAIT_S
+
+
+def enabled_programs(conn: psycopg.Connection[Any]) -> list[ChannelProgram]:
+    """A program per enabled channel. A row whose settings no longer validate (edited by SQL)
+    still gets one: the process exits at start naming the field, and supervisord shows FATAL."""
+    programs = []
+    for row in conn.execute(SELECT_ENABLED):
+        try:
+            stop_wait_s = stop_wait_seconds(validate_settings(row["type"], row["settings"]))
+        except SmsbusError:
+            stop_wait_s = DEFAULT_STOP_WAIT_S
+        programs.append(ChannelProgram(row["name"], row["type"], stop_wait_s))
+    return programs
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], name: str) -> dict[str, Any]:
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise ChannelNotFound(name)
+    return dict(row)

@@ -1,0 +1,144 @@
+"""`smsbus up|down|status`: the whole stack under supervisord.
+
+up: render supervisord.conf, start supervisord (and the embedded PostgreSQL when no
+database_url is set), migrate, then start the services. Foreground unless --detach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+from typing import Any
+
+import psycopg
+
+from smsbus import channels, config, db, queue
+from smsbus.config import CONFIG_ENV, Settings, config_file
+from smsbus.embedded_pg import EmbeddedPostgres
+from smsbus.errors import NotRunning, SmsbusError
+from smsbus.migrate import migrate
+from smsbus.supervisor import POSTGRES_PROGRAM, Supervisor, start
+
+EXIT_SOME_NOT_RUNNING = 1
+EXIT_NOT_RUNNING = 3
+
+
+def register(commands: Any) -> None:
+    up = commands.add_parser("up", help="start everything under supervisord")
+    up.add_argument("--detach", action="store_true", help="return once everything runs")
+    up.set_defaults(handler=run_up)
+    commands.add_parser("down", help="stop everything").set_defaults(handler=run_down)
+    commands.add_parser(
+        "status", help="each program's state and message counts per status"
+    ).set_defaults(handler=run_status)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    settings = config.load()
+    supervisor = Supervisor(settings)
+    if supervisor.is_running():
+        raise SmsbusError("smsbus is already running (see `smsbus status`, stop with `smsbus down`)")
+    if settings.uses_embedded_postgres:
+        EmbeddedPostgres(settings.data_path).ensure_initialized()
+    _export_for_services(settings)
+
+    process = start(settings, nodaemon=not args.detach)
+    try:
+        supervisor.wait_running()
+        _prepare_database(settings)
+        _add_channel_programs(settings, supervisor)
+        started = supervisor.start_stopped(exclude={POSTGRES_PROGRAM})
+    except BaseException:
+        _stop(supervisor, process)
+        raise
+    print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
+          f" logs in {supervisor.paths.log_dir}")
+    if args.detach:
+        return 0
+    return _wait_in_foreground(process)
+
+
+def _export_for_services(settings: Settings) -> None:
+    """supervisord's children inherit our environment: give them the same configuration."""
+    os.environ["SMSBUS_DATABASE_URL"] = settings.resolved_database_url()
+    path = config_file()
+    if path is not None:
+        os.environ[CONFIG_ENV] = str(path)
+
+
+def _prepare_database(settings: Settings) -> None:
+    if settings.uses_embedded_postgres:
+        embedded = EmbeddedPostgres(settings.data_path)
+        embedded.wait_ready()
+        embedded.ensure_database()
+    for name in migrate(settings.resolved_database_url()):
+        print(f"applied {name}")
+
+
+def _add_channel_programs(settings: Settings, supervisor: Supervisor) -> None:
+    """One program per enabled channel, once the channels table exists."""
+    with db.connect(settings.resolved_database_url(), application="smsbus-cli") as conn:
+        supervisor.sync_channels(settings, channels.enabled_programs(conn))
+
+
+def _stop(supervisor: Supervisor, process: subprocess.Popen[bytes]) -> None:
+    try:
+        supervisor.shutdown()
+    except (NotRunning, SmsbusError, OSError):
+        process.terminate()
+    process.wait()
+
+
+def _wait_in_foreground(process: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C or SIGTERM reaches supervisord, which stops every program in order."""
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+
+
+def run_down(args: argparse.Namespace) -> int:
+    supervisor = Supervisor(config.load())
+    if not supervisor.is_running():
+        print("smsbus is not running")
+        return 0
+    supervisor.shutdown()
+    print("smsbus is down")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    settings = config.load()
+    supervisor = Supervisor(settings)
+    code = 0
+    if supervisor.is_running():
+        for process in supervisor.processes():
+            print(f"{process['name']:24} {process['statename']:10} {process['description']}")
+            if process["statename"] != "RUNNING":
+                code = EXIT_SOME_NOT_RUNNING
+    else:
+        print("supervisord              not running")
+        code = EXIT_NOT_RUNNING
+    _print_counts(settings)
+    return code
+
+
+def _print_counts(settings: Settings) -> None:
+    try:
+        with db.connect(settings.resolved_database_url(), application="smsbus-cli", timeout_s=3) as conn:
+            counts = queue.count_by_status(conn)
+    except psycopg.OperationalError:
+        print("\nmessages: database not reachable")
+        return
+    except psycopg.errors.UndefinedTable:
+        print("\nmessages: schema not migrated (run `smsbus db migrate`)")
+        return
+    print(f"\n{'direction':10} {'status':14} {'messages':>10}")
+    for direction, status, count in counts:
+        print(f"{direction:10} {status:14} {count:>10}")
+    if not counts:
+        print("(no messages)")

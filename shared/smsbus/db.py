@@ -1,0 +1,37 @@
+"""Connections to the queue database, and PostgreSQL's refusals in words.
+
+Worker connections get the session settings measured to keep claims fast under a backlog
+(see STYLE.md): custom plans always, index-friendly costs, no idle transactions left open.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.rows import dict_row
+
+from smsbus.errors import InvalidMessage
+
+WORKER_SESSION_OPTIONS = (
+    "-c plan_cache_mode=force_custom_plan"
+    " -c random_page_cost=1.1"
+    " -c idle_in_transaction_session_timeout=60000"
+)
+
+
+def connect(
+    url: str, *, application: str = "smsbus", autocommit: bool = False, timeout_s: int = 5
+) -> psycopg.Connection[dict[str, object]]:
+    return psycopg.connect(
+        url,
+        autocommit=autocommit,
+        row_factory=dict_row,
+        application_name=application,
+        options=WORKER_SESSION_OPTIONS,
+        connect_timeout=timeout_s,
+    )
+
+
+def translate_refusal(error: psycopg.errors.IntegrityError) -> InvalidMessage:
+    """PostgreSQL's own message (it names the constraint), with the constraint kept apart."""
+    diag = error.diag
+    return InvalidMessage(diag.constraint_name, diag.message_primary or str(error))

@@ -1,0 +1,29 @@
+"""Prometheus, set up once per process: every metric is `smsbus_*` via prometheus_client."""
+
+from __future__ import annotations
+
+import prometheus_client
+
+DATABASE_CONNECTED = prometheus_client.Gauge(
+    "smsbus_database_connected", "1 while the service holds a working database connection"
+)
+DATABASE_ERRORS = prometheus_client.Counter(
+    "smsbus_database_errors_total", "Database errors survived by the main loop", ["kind"]
+)
+WAKEUPS = prometheus_client.Counter(
+    "smsbus_loop_wakeups_total", "Times the main loop woke to look for work", ["reason"]
+)
+STEP_SECONDS = prometheus_client.Histogram(
+    "smsbus_loop_step_seconds", "Duration of one step of the main loop"
+)
+
+# every channel type's process, one series per channel (the router reads channel_health)
+CHANNEL_CONNECTED = prometheus_client.Gauge(
+    "smsbus_channel_connected", "1 while the channel can send (SMPP: bound; GSM: answering and registered)", ["channel"]
+)
+
+
+def start_server(host: str, port: int) -> None:
+    """Serve /metrics; port 0 leaves it off. prometheus_client serves from its own thread."""
+    if port:
+        prometheus_client.start_http_server(port, addr=host)

@@ -1,0 +1,101 @@
+"""`smsbus up` as `make run` does it: supervisord, the embedded PostgreSQL, migrations, the
+broker; `smsbus status` from another shell; `smsbus down`. No database URL is configured."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.processes import BIN_DIR, PROJECT_ROOT, service_environment
+
+WORKDIR = "_E2E_WORKDIR"  # where the new user types the commands (not a setting)
+
+
+def smsbus(env: dict[str, str], *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN_DIR / "smsbus"), *args], env=env, cwd=env[WORKDIR], capture_output=True, text=True,
+        timeout=timeout_s,
+    )
+
+
+@pytest.fixture
+def fresh_install_env() -> Iterator[dict[str, str]]:
+    """A working directory of a new user: no config, no database URL, nothing running."""
+    workdir = Path(tempfile.mkdtemp(prefix="smsbus-e2e-"))  # short: the PostgreSQL socket lives below
+    env = service_environment(None, workdir / "var")
+    env.update({WORKDIR: str(workdir), "SMSBUS_DEPLOY_DIR": str(PROJECT_ROOT / "deploy")})
+    yield env
+    smsbus(env, "down")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_all_running(env: dict[str, str], timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = smsbus(env, "status")
+        if status.returncode == 0:
+            return status.stdout
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not all RUNNING:\n{status.stdout}{status.stderr}")
+        time.sleep(0.3)
+
+
+def program_states(status_output: str) -> dict[str, str]:
+    states = {}
+    for line in status_output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] in ("RUNNING", "STARTING", "STOPPED", "FATAL", "BACKOFF", "EXITED"):
+            states[parts[0]] = parts[1]
+    return states
+
+
+def test_up_detached_runs_embedded_postgres_and_broker_then_down(fresh_install_env: dict[str, str]) -> None:
+    env = fresh_install_env
+    up = smsbus(env, "up", "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "applied 0001_create_messages.sql" in up.stdout
+
+    status = wait_all_running(env)
+    states = program_states(status)
+    # every service program of deploy/supervisord.conf.template runs, whichever there are
+    assert {"broker", "postgres", "router", "triggers", "archiver"} <= set(states), states
+    assert set(states.values()) == {"RUNNING"}, states
+    assert (Path(env[WORKDIR]) / "var" / "pgdata" / "PG_VERSION").exists()
+
+    sent = smsbus(env, "send", "--to", "+31612345678", "--body", "hi")
+    assert sent.returncode == 0, sent.stderr
+    # the router runs and no channel exists: the message ends NOCHANNEL (or is still QUEUED)
+    assert re.search(r"^out +(QUEUED|NOCHANNEL) +1$", smsbus(env, "status").stdout, re.MULTILINE)
+
+    again = smsbus(env, "up", "--detach")
+    assert again.returncode == 1 and "already running" in again.stderr
+
+    down = smsbus(env, "down")
+    assert down.returncode == 0 and "smsbus is down" in down.stdout
+    stopped = smsbus(env, "status")
+    assert stopped.returncode == 3 and "not running" in stopped.stdout
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(fresh_install_env: dict[str, str]) -> None:
+    env = fresh_install_env
+    up = subprocess.Popen(
+        [str(BIN_DIR / "smsbus"), "up"], env=env, cwd=env[WORKDIR],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_all_running(env, timeout_s=60)
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert "smsbus is up" in output
+    assert smsbus(env, "status").returncode == 3

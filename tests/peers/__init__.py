@@ -1,0 +1,1 @@
+"""Real peers for the tests, run as separate processes: services, simulators, emulators."""

@@ -1,0 +1,68 @@
+"""`smsbus channels add smpp NAME --host ...`: SMPP settings validated on save naming the field,
+and under a running supervisord the SMPP channel's program follows the table, bound to the
+simulator, without touching any other program."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from smsbus.supervisor import Supervisor
+from tests.peers.cli import Result, program_states
+from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from tests.test_smpp import send, wait_for, wait_status
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+@pytest.fixture
+def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
+    simulator = start_smsc(service_env, tmp_path)
+    yield simulator
+    simulator.stop()
+
+
+def test_smpp_settings_are_validated_on_save_naming_the_field(smsbus: Callable[..., Result], conn: Conn) -> None:
+    base = ("channels", "add", "smpp", "kpn", "--host", "smsc.example.net", "--system-id", "acme")
+    window = smsbus(*base, "--set", "window=0")
+    assert window.returncode == 1 and "bad setting window: Expected `int` >= 1" in window.stderr
+    password = smsbus(*base, "--password", "much-too-long")
+    assert password.returncode == 1 and "bad setting password" in password.stderr
+    mode = smsbus(*base, "--bind-mode", "sideways")
+    assert mode.returncode == 1 and "bad setting bind_mode" in mode.stderr
+    classes = smsbus(*base, "--set", 'error_classes={"0x0B": "sometimes"}')
+    assert classes.returncode == 1 and "error_classes" in classes.stderr
+    no_host = smsbus("channels", "add", "smpp", "kpn", "--system-id", "acme")
+    assert no_host.returncode == 2 and "--host" in no_host.stderr
+    assert conn.execute("SELECT count(*) AS n FROM channels").fetchone() == {"n": 0}
+
+    added = smsbus(*base, "--port", "2776", "--password", "secret", "--set", "window=20")
+    assert added.returncode == 0, added.stderr
+    row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
+    assert row["settings"] == {"host": "smsc.example.net", "system_id": "acme", "port": 2776,
+                               "password": "secret", "window": 20}
+    assert "settings.password ***" in smsbus("channels", "show", "kpn").stdout.replace("  ", " ")
+
+
+def test_the_smpp_program_follows_the_table_under_supervisord(
+    smsbus: Callable[..., Result], conn: Conn, supervisord: Supervisor, smsc: Smsc
+) -> None:
+    others = program_states(supervisord)
+    added = smsbus("channels", "add", "smpp", "sim", "--host", "127.0.0.1", "--port", str(smsc.port),
+                   "--system-id", SYSTEM_ID, "--password", PASSWORD, "--set", "poll_interval_s=0.2")
+    assert added.returncode == 0, added.stderr
+    assert "started program channel-sim" in added.stdout
+    smsc.wait_bound()
+    wait_status(conn, send(conn, "through the supervised SMPP channel"), "DELIVERED")
+
+    disabled = smsbus("channels", "disable", "sim")
+    assert "stopped program channel-sim" in disabled.stdout
+    assert "channel-sim" not in program_states(supervisord)
+    assert program_states(supervisord) == others
+    # the program unbound on its way out
+    wait_for(lambda: not [b for b in smsc.stats()["bound"] if b != "-"] or None, what="unbound")
+    assert "unbind" in [p["command"] for p in smsc.pdus("in")]
