@@ -99,3 +99,24 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(fresh_install_env: dict
             up.kill()
     assert "smsbus is up" in output
     assert smsbus(env, "status").returncode == 3
+
+
+def test_ctrl_c_while_starting_stops_what_was_started(fresh_install_env: dict[str, str]) -> None:
+    env = fresh_install_env
+    up = subprocess.Popen(
+        [str(BIN_DIR / "smsbus"), "up"], env=env, cwd=env[WORKDIR],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        # supervisord answers: it is up, the services are not all started yet
+        while smsbus(env, "status").returncode == 3:
+            assert time.monotonic() < deadline and up.poll() is None, "supervisord never came up"
+            time.sleep(0.05)
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert "smsbus is up" not in output, output
+    assert smsbus(env, "status").returncode == 3

@@ -50,14 +50,15 @@ def run_up(args: argparse.Namespace) -> int:
         _prepare_database(settings)
         _add_channel_programs(settings, supervisor)
         started = supervisor.start_stopped(exclude={POSTGRES_PROGRAM})
+        print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
+              f" logs in {supervisor.paths.log_dir}")
+        if args.detach:
+            return 0
+        return _wait_in_foreground(process)
     except BaseException:
-        _stop(supervisor, process)
+        # Ctrl-C while starting, or a failed step: nothing is left running
+        _stop(settings, process, detached=args.detach)
         raise
-    print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
-          f" logs in {supervisor.paths.log_dir}")
-    if args.detach:
-        return 0
-    return _wait_in_foreground(process)
 
 
 def _export_for_services(settings: Settings) -> None:
@@ -83,11 +84,17 @@ def _add_channel_programs(settings: Settings, supervisor: Supervisor) -> None:
         supervisor.sync_channels(settings, channels.enabled_programs(conn))
 
 
-def _stop(supervisor: Supervisor, process: subprocess.Popen[bytes]) -> None:
-    try:
-        supervisor.shutdown()
-    except (NotRunning, SmsbusError, OSError):
+def _stop(settings: Settings, process: subprocess.Popen[bytes], *, detached: bool) -> None:
+    """In the foreground supervisord is our child: SIGTERM, which stops every program, then
+    wait for it. Detached, it is not: ask it over a new XML-RPC connection (the one in use
+    may have been cut mid-request by the Ctrl-C that brought us here)."""
+    if not detached:
         process.terminate()
+    else:
+        try:
+            Supervisor(settings).shutdown()
+        except (NotRunning, SmsbusError, OSError):
+            process.terminate()
     process.wait()
 
 
