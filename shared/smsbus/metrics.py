@@ -17,6 +17,13 @@ STEP_SECONDS = prometheus_client.Histogram(
     "smsbus_loop_step_seconds", "Duration of one step of the main loop"
 )
 
+# SPEC §9 "messages by status and channel": each service counts the moves it makes, where it
+# records them (router: QUEUED/BLOCKED/NOCHANNEL/DAILYLIMIT; channels: SENT, FAILED, DELIVERED,
+# NOTDELIVERED, NOREPORT, RECEIVED, QUEUED for a retry). channel="" when there is none.
+MESSAGES = prometheus_client.Counter(
+    "smsbus_messages_total", "Messages moved into a status by this service", ["status", "channel"]
+)
+
 # every channel type's process, one series per channel (the router reads channel_health)
 CHANNEL_CONNECTED = prometheus_client.Gauge(
     "smsbus_channel_connected", "1 while the channel can send (SMPP: bound; GSM: answering and registered)", ["channel"]
