@@ -48,6 +48,17 @@ def wait_all_running(env: dict[str, str], timeout_s: float = 30) -> str:
         time.sleep(0.3)
 
 
+def stop_foreground(up: subprocess.Popen[str], env: dict[str, str], timeout_s: float) -> str:
+    """Ctrl-C to `smsbus up`; its output once it has exited (what supervisord logged, if not)."""
+    up.send_signal(signal.SIGINT)
+    try:
+        output, _ = up.communicate(timeout=timeout_s)
+        return output
+    except subprocess.TimeoutExpired:
+        logs = sorted((Path(env[WORKDIR]) / "var" / "log").glob("*.log"))
+        raise AssertionError("\n".join(f"== {log}\n{log.read_text()[-2000:]}" for log in logs)) from None
+
+
 def program_states(status_output: str) -> dict[str, str]:
     states = {}
     for line in status_output.splitlines():
@@ -92,8 +103,7 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(fresh_install_env: dict
     )
     try:
         wait_all_running(env, timeout_s=60)
-        up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=60)
+        output = stop_foreground(up, env, timeout_s=60)
     finally:
         if up.poll() is None:
             up.kill()
@@ -113,8 +123,7 @@ def test_ctrl_c_while_starting_stops_what_was_started(fresh_install_env: dict[st
         while smsbus(env, "status").returncode == 3:
             assert time.monotonic() < deadline and up.poll() is None, "supervisord never came up"
             time.sleep(0.05)
-        up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=30)
+        output = stop_foreground(up, env, timeout_s=60)
     finally:
         if up.poll() is None:
             up.kill()
