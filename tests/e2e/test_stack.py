@@ -48,6 +48,17 @@ def wait_all_running(env: dict[str, str], timeout_s: float = 30) -> str:
         time.sleep(0.3)
 
 
+def start_foreground(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`smsbus up` as typed in a terminal, where Ctrl-C is SIGINT: a test run started in the
+    background of a non-interactive shell (as CI may be) inherits SIGINT ignored, and Python
+    keeps an ignored SIGINT ignored."""
+    return subprocess.Popen(
+        [str(BIN_DIR / "smsbus"), "up"], env=env, cwd=env[WORKDIR],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def stop_foreground(up: subprocess.Popen[str], env: dict[str, str], timeout_s: float) -> str:
     """Ctrl-C to `smsbus up`; its output once it has exited (what supervisord logged, if not)."""
     up.send_signal(signal.SIGINT)
@@ -97,10 +108,7 @@ def test_up_detached_runs_embedded_postgres_and_broker_then_down(fresh_install_e
 
 def test_up_in_the_foreground_stops_everything_on_ctrl_c(fresh_install_env: dict[str, str]) -> None:
     env = fresh_install_env
-    up = subprocess.Popen(
-        [str(BIN_DIR / "smsbus"), "up"], env=env, cwd=env[WORKDIR],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    up = start_foreground(env)
     try:
         wait_all_running(env, timeout_s=60)
         output = stop_foreground(up, env, timeout_s=60)
@@ -113,10 +121,7 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(fresh_install_env: dict
 
 def test_ctrl_c_while_starting_stops_what_was_started(fresh_install_env: dict[str, str]) -> None:
     env = fresh_install_env
-    up = subprocess.Popen(
-        [str(BIN_DIR / "smsbus"), "up"], env=env, cwd=env[WORKDIR],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    up = start_foreground(env)
     try:
         deadline = time.monotonic() + 30
         # supervisord answers: it is up, the services are not all started yet
