@@ -7,8 +7,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 import smsbus
+from smsbus.archive import ArchivedMessage, Archiver, load_settings
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -40,3 +42,27 @@ def test_refusals_are_smsbus_errors() -> None:
     smsbus.send("+31612345678", "hi", client_ref="dup")
     with pytest.raises(smsbus.InvalidMessage, match="messages_client_ref_key"):
         smsbus.send("+31612345678", "hi", client_ref="dup")
+
+
+def test_get_and_find_see_archived_messages_too(conn: Conn, database_url: str) -> None:
+    row = conn.execute(
+        "INSERT INTO messages (direction, status, trigger_status, to_address, body, updated_at)"
+        " VALUES ('out', 'NOCHANNEL', 'NOTRIGGERS', '+31612345678', 'long done', now() - interval '40 days')"
+        " RETURNING id"
+    ).fetchone()
+    assert row is not None
+    old = int(row["id"])
+    live = smsbus.send("+31612345678", "stays")
+    archiver = Archiver(load_settings())
+    with psycopg.connect(database_url, row_factory=dict_row) as own:
+        archiver.prepare(own)
+        assert archiver.run_pass(own).archived == 1
+    archiver.close()
+
+    archived = smsbus.get(old)
+    assert isinstance(archived, ArchivedMessage) and archived.status == "NOCHANNEL"
+    assert not isinstance(smsbus.get(live), ArchivedMessage)
+    assert [m.id for m in smsbus.find(archive=True)] == [old]
+    assert [m.id for m in smsbus.find()] == [live]
+    with pytest.raises(smsbus.MessageNotFound):
+        smsbus.get(424242)

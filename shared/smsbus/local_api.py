@@ -11,13 +11,15 @@ Each call opens a short connection to the database smsbus.toml / SMSBUS_DATABASE
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from smsbus import config, db, queue
+from smsbus.archive import find_archived, get_archived
+from smsbus.errors import MessageNotFound
 from smsbus.message import Message, NewMessage
 
 
@@ -61,9 +63,14 @@ def send(
 
 
 def get(message_id: int, *, conn: psycopg.Connection[Any] | None = None) -> Message:
-    """One message; raises smsbus.MessageNotFound."""
-    with _connection(conn) as c:
-        return queue.get_message(c, message_id)
+    """One message, live or else archived (an ArchivedMessage, which adds `archived_at`), as
+    `smsbus messages show` finds it; raises smsbus.MessageNotFound. The archive is read where
+    the archiver writes it (`archiver.archive_database_url`), whatever `conn` is."""
+    try:
+        with _connection(conn) as c:
+            return queue.get_message(c, message_id)
+    except MessageNotFound:
+        return get_archived(message_id)
 
 
 def find(
@@ -73,10 +80,15 @@ def find(
     channel: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    archive: bool = False,
     conn: psycopg.Connection[Any] | None = None,
-) -> list[Message]:
-    """The newest messages matching every filter given."""
+) -> Sequence[Message]:
+    """The newest messages matching every filter given; archive=True: archived ones instead
+    (read where the archiver writes them, whatever `conn` is)."""
+    filters: dict[str, Any] = {
+        "status": status, "direction": direction, "channel": channel, "since": since, "limit": limit
+    }
+    if archive:
+        return find_archived(**filters)
     with _connection(conn) as c:
-        return queue.find_messages(
-            c, status=status, direction=direction, channel=channel, since=since, limit=limit
-        )
+        return queue.find_messages(c, **filters)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from smsbus import config, db, triggers
-from smsbus.archive import find_archived, get_archived
 from smsbus.cli.send import aware_datetime
-from smsbus.errors import MessageNotFound, SmsbusError
+from smsbus.errors import SmsbusError
 from smsbus.local_api import find, get
-from smsbus.message import Message
 from smsbus.statuses import Direction, Status
 
 
@@ -60,7 +57,7 @@ def run_list(args: argparse.Namespace) -> int:
         "since": args.since,
         "limit": args.limit,
     }
-    found: Sequence[Message] = find_archived(**filters) if args.archive else find(**filters)
+    found = find(**filters, archive=args.archive)
     if args.json:
         for message in found:
             print(msgspec.json.encode(message).decode())
@@ -75,11 +72,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    message: Message
-    try:
-        message = get(args.id)
-    except MessageNotFound:
-        message = get_archived(args.id)
+    message = get(args.id)
     if args.json:
         print(msgspec.json.encode(message).decode())
         return 0
