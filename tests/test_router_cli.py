@@ -122,3 +122,12 @@ def test_explain_by_properties(service_env: dict[str, str], channels: None) -> N
     described = ok(service_env, "route", "explain", "--to", "+31612345678", "--body", "hi",
                    "--properties", '{"kind": "bulk"}')
     assert described.splitlines()[-1] == 'verdict: BLOCKED (blocked by rule "bulk")'
+
+
+def test_explain_refuses_a_message_the_table_would_refuse(service_env: dict[str, str], conn: Conn) -> None:
+    refused = smsbus(service_env, "route", "explain", "--to", "+0612345678", "--body", "hi")
+    assert refused.returncode == 1
+    assert "this message would be refused" in refused.stderr and "messages_to_address_format" in refused.stderr
+    empty = smsbus(service_env, "route", "explain", "--to", "+31612345678", "--body", "")
+    assert empty.returncode == 1 and "body" in empty.stderr, empty.stderr
+    assert conn.execute("SELECT count(*) AS n FROM messages").fetchone() == {"n": 0}

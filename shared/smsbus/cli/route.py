@@ -13,10 +13,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from smsbus import config
+from smsbus import config, queue
 from smsbus.cli.messages import positive_int
 from smsbus.cli.rules import connection
-from smsbus.errors import MessageNotFound, SmsbusError
+from smsbus.errors import InvalidMessage, MessageNotFound, SmsbusError
+from smsbus.message import NewMessage
 from smsbus.routing import (
     BY_ID_SOURCE,
     PROPOSED_SOURCE,
@@ -89,6 +90,7 @@ def explain(conn: psycopg.Connection[Any], args: argparse.Namespace, time_zone: 
     else:
         fields = {"to_address": args.to, "from_address": args.sender, "body": args.body,
                   "channel": args.channel, "properties": args.properties or {}}
+        refuse_what_the_table_would(conn, NewMessage(**fields))
         lines = [f"proposed message to {args.to}" + (f" via {args.channel}" if args.channel else "")]
         evaluated = evaluate(conn, rules, PROPOSED_SOURCE, {"fields": Jsonb(fields)}, EXPLAIN_TIMEOUT_S)
     message = evaluated[0]
@@ -117,6 +119,16 @@ def explain(conn: psycopg.Connection[Any], args: argparse.Namespace, time_zone: 
     if verdict.channel and rotating:
         lines.append("  (the router takes turns among the usable channels: the next message may go to another)")
     return lines
+
+
+def refuse_what_the_table_would(conn: psycopg.Connection[Any], proposed: NewMessage) -> None:
+    """A proposed message the messages table would refuse (a malformed number, an empty body)
+    is said so, naming the constraint, instead of being explained: inserted, then undone."""
+    with conn.transaction(force_rollback=True):
+        try:
+            queue.insert_message(conn, proposed)
+        except InvalidMessage as e:
+            raise SmsbusError(f"this message would be refused: {e}") from None
 
 
 def describe_channel(name: str, channels: dict[str, ChannelState]) -> str:
