@@ -32,9 +32,13 @@ test: install
 soak: install
 	SMSBUS_SOAK=1 $(BIN)/python -m pytest -m soak
 
+# every benchmark at the sizes its issue names (most of an hour); each prints its table
 bench: install
 	$(BIN)/python bench/wake_latency.py
 	$(BIN)/python bench/router.py
+	$(BIN)/python bench/triggers.py
+	$(BIN)/python bench/archiver.py
+	$(BIN)/python bench/smpp.py
 	$(BIN)/python bench/gsm.py
 
 lint: install
