@@ -166,6 +166,31 @@ def messages_metric(port: int, status: str) -> float:
     return next((float(line[len(series) :]) for line in text.splitlines() if line.startswith(series)), 0.0)
 
 
+def test_a_long_message_is_delivered_only_when_every_part_is(
+    conn: Conn, modem: EmulatedModem, channel: ServiceProcess
+) -> None:
+    modem.call("auto_report", mode="off")
+    message = queue_message(conn, LONG_TEXT)
+    wait_until(lambda: status_of(conn, message) in ("SENT", "NOREPORT"), "SENT", channel)
+    first, second, third = (s["reference"] for s in modem.sent())
+    for reference in (first, third):
+        modem.call("report", reference=reference, status=0x00)
+    wait_until(
+        lambda: (
+            conn.execute(
+                "SELECT count(*) AS n FROM message_parts WHERE message_id = %s AND receipt_state = 'DELIVRD'",
+                (message,),
+            ).fetchone()["n"]
+            == 2
+        ),
+        "parts 1 and 3 reported",
+        channel,
+    )
+    assert status_of(conn, message) in ("SENT", "NOREPORT")  # part 2 has no report yet
+    modem.call("report", reference=second, status=0x00)
+    wait_until(lambda: status_of(conn, message) == "DELIVERED", "DELIVERED with the last report", channel)
+
+
 def test_modem_errors_fail_permanent_ones_and_retry_temporary_ones(
     conn: Conn, modem: EmulatedModem, service_env: dict[str, str], tmp_path: Path
 ) -> None:

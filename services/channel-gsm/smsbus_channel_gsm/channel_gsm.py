@@ -146,9 +146,10 @@ WHERE p.message_id = awaiting.message_id AND p.part_number = awaiting.part_numbe
 RETURNING p.message_id
 """
 
-# DELIVERED once every part is; NOTDELIVERED as soon as one part failed
+# DELIVERED once every part is (a part still waiting, NULL, counts as not delivered: bool_and
+# alone skips NULLs); NOTDELIVERED as soon as one part failed
 SUMMARISE_REPORTS = """
-SELECT bool_and(receipt_state = %(delivered)s) AS all_delivered,
+SELECT bool_and(coalesce(receipt_state = %(delivered)s, false)) AS all_delivered,
        bool_or(receipt_state = %(failed)s) AS any_failed
 FROM message_parts WHERE message_id = %(message_id)s
 """
