@@ -713,9 +713,10 @@ class GsmChannel:
             self.insert_parts(
                 conn, [(message.id, len(outcome.references), outcome.references[-1]) for message, outcome in sent]
             )
-        concatenated = [message.id for message, outcome in sent if len(outcome.references) > 1]
-        if concatenated:
-            conn.execute(FORGET_PARTIAL_SENDS, {"ids": concatenated})
+        # a partial send found at the claim (sent whole when the body changed) is done too
+        partly_sent = [m.id for m, outcome in sent if len(outcome.references) > 1 or m.partial is not None]
+        if partly_sent:
+            conn.execute(FORGET_PARTIAL_SENDS, {"ids": partly_sent})
         metrics.MESSAGES.labels(Status.SENT, self.name).inc(len(moved))
         for row in moved:
             log.info("sent id=%d channel=%s parts=%d", row["id"], self.name, row["parts"])
