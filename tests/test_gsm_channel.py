@@ -1,6 +1,7 @@
 """The GSM channel as a real process against the modem emulator on a real pty (SPEC §4, issue 6):
-sending (short, concatenated, UCS-2), receiving (single, concatenated), status reports,
-NOREPORT, the watchdog (hang, garbage, a device that disappears) and kill -9 while receiving.
+sending (short, concatenated, UCS-2; a refused or interrupted part sent again alone), receiving
+(single, concatenated, undecodable), status reports (+CDS and stored on the SIM), NOREPORT, the
+watchdog (hang, garbage, a device that disappears) and kill -9 while receiving and sending.
 """
 
 from __future__ import annotations
@@ -158,24 +159,91 @@ def test_failed_report_is_notdelivered_and_a_missing_one_noreport(
     assert "TP-ST 0x41" in conn.execute("SELECT error FROM messages WHERE id = %s", (failing,)).fetchone()["error"]
 
 
-def test_modem_errors_fail_permanent_ones_and_retry_temporary_ones(
+def messages_metric(port: int, status: str) -> float:
+    """smsbus_messages_total{status,channel} of the channel's /metrics (0 before the first)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    series = f'smsbus_messages_total{{channel="{CHANNEL}",status="{status}"}} '
+    return next((float(line[len(series) :]) for line in text.splitlines() if line.startswith(series)), 0.0)
+
+
+def test_a_long_message_is_delivered_only_when_every_part_is(
     conn: Conn, modem: EmulatedModem, channel: ServiceProcess
 ) -> None:
-    modem.call("refuse", code=21, count=1)  # short message transfer rejected: permanent
-    rejected = queue_message(conn, "rejected")
-    wait_until(lambda: status_of(conn, rejected) == "FAILED", "FAILED", channel)
-    row = conn.execute("SELECT * FROM messages WHERE id = %s", (rejected,)).fetchone()
-    assert "+CMS ERROR: 21" in row["error"] and row["ack_status"] == "NACK" and row["attempts"] == 1
-
-    modem.call("refuse", code=331, count=2)  # no network service: temporary
-    retried = queue_message(conn, "retried")
-    wait_until(lambda: status_of(conn, retried) == "DELIVERED", "DELIVERED after two refusals", channel)
-    row = conn.execute("SELECT * FROM messages WHERE id = %s", (retried,)).fetchone()
-    assert (row["attempts"], row["error"], row["ack_status"]) == (2, None, "ACK")  # sent on the third try
-    assert (
-        f"not sent id={retried} channel={CHANNEL} attempts=2 error=modem refused part 1/1: +CMS ERROR: 331"
-        in channel.log()
+    modem.call("auto_report", mode="off")
+    message = queue_message(conn, LONG_TEXT)
+    wait_until(lambda: status_of(conn, message) in ("SENT", "NOREPORT"), "SENT", channel)
+    first, second, third = (s["reference"] for s in modem.sent())
+    for reference in (first, third):
+        modem.call("report", reference=reference, status=0x00)
+    wait_until(
+        lambda: (
+            conn.execute(
+                "SELECT count(*) AS n FROM message_parts WHERE message_id = %s AND receipt_state = 'DELIVRD'",
+                (message,),
+            ).fetchone()["n"]
+            == 2
+        ),
+        "parts 1 and 3 reported",
+        channel,
     )
+    assert status_of(conn, message) in ("SENT", "NOREPORT")  # part 2 has no report yet
+    modem.call("report", reference=second, status=0x00)
+    wait_until(lambda: status_of(conn, message) == "DELIVERED", "DELIVERED with the last report", channel)
+
+
+def test_modem_errors_fail_permanent_ones_and_retry_temporary_ones(
+    conn: Conn, modem: EmulatedModem, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    add_channel(conn, modem, metrics_port=port)
+    channel = start_channel(service_env, tmp_path)
+    try:
+        modem.call("refuse", code=21, count=1)  # short message transfer rejected: permanent
+        rejected = queue_message(conn, "rejected")
+        wait_until(lambda: status_of(conn, rejected) == "FAILED", "FAILED", channel)
+        row = conn.execute("SELECT * FROM messages WHERE id = %s", (rejected,)).fetchone()
+        assert row["error"] == "modem refused part 1/1: +CMS ERROR: 21 (short message transfer rejected, permanent)"
+        assert row["ack_status"] == "NACK" and row["attempts"] == 1
+
+        modem.call("refuse", code=331, count=2)  # no network service: temporary
+        retried = queue_message(conn, "retried")
+        wait_until(lambda: status_of(conn, retried) == "DELIVERED", "DELIVERED after two refusals", channel)
+        row = conn.execute("SELECT * FROM messages WHERE id = %s", (retried,)).fetchone()
+        assert (row["attempts"], row["error"], row["ack_status"]) == (2, None, "ACK")  # sent on the third try
+        assert (
+            f"not sent id={retried} channel={CHANNEL} attempts=2 error=modem refused part 1/1: +CMS ERROR: 331"
+            " (no network service, temporary)" in channel.log()
+        )
+        # every move the channel made, by status (SPEC §9)
+        moves = {s: messages_metric(port, s) for s in ("FAILED", "QUEUED", "SENT", "DELIVERED")}
+        assert moves == {"FAILED": 1.0, "QUEUED": 2.0, "SENT": 1.0, "DELIVERED": 1.0}
+    finally:
+        assert channel.stop()[0] == 0
+
+
+def test_a_refused_part_is_sent_again_alone_with_the_same_reference(
+    conn: Conn, modem: EmulatedModem, channel: ServiceProcess
+) -> None:
+    modem.call("refuse", code=42, count=1, after=1)  # congestion (temporary) at part 2 of 3
+    message = queue_message(conn, LONG_TEXT)
+    wait_until(lambda: status_of(conn, message) == "DELIVERED", "DELIVERED after the retry", channel)
+    sent = modem.sent()
+    # each part went out once, part 1 on the first attempt, parts 2 and 3 on the retry
+    assert [s["udh"][-4:] for s in sent] == ["0301", "0302", "0303"]
+    assert len({s["udh"][6:8] for s in sent}) == 1  # one concatenation reference: the phone joins them
+    assert "".join(s["text"] for s in sent) == LONG_TEXT
+    assert "modem refused part 2/3: +CMS ERROR: 42 (congestion, temporary)" in channel.log()
+    row = conn.execute("SELECT * FROM messages WHERE id = %s", (message,)).fetchone()
+    assert (row["attempts"], row["parts"], row["provider_id"]) == (1, 3, str(sent[2]["reference"]))
+    parts = conn.execute(
+        "SELECT part_number, provider_id, receipt_state FROM message_parts WHERE message_id = %s ORDER BY 1",
+        (message,),
+    ).fetchall()
+    assert parts == [
+        {"part_number": n, "provider_id": str(s["reference"]), "receipt_state": "DELIVRD"}
+        for n, s in enumerate(sent, start=1)
+    ]
+    assert conn.execute("SELECT count(*) AS n FROM gsm_partial_sends").fetchone() == {"n": 0}
 
 
 def test_a_concatenated_message_missing_a_part_is_stored_incomplete_after_the_timeout(
@@ -374,6 +442,95 @@ def test_kill_9_after_commit_before_delete_does_not_store_it_twice(
         second.wait_for_log("already stored")
     finally:
         assert second.stop()[0] == 0
+
+
+def test_kill_9_mid_message_sends_only_the_parts_that_did_not_go_out(
+    conn: Conn, modem: EmulatedModem, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    add_channel(conn, modem, send_timeout_s=30.0)  # the kill comes first
+    first = start_channel(service_env, tmp_path)
+    modem.call("hang_on", prefix="AT+CMGS", after=2)  # parts 1 and 2 go out, part 3 never answers
+    message = queue_message(conn, LONG_TEXT)
+    wait_until(lambda: len(modem.sent()) == 2 and modem.call("status")["hung"], "hung at part 3", first)
+    wait_until(
+        lambda: (
+            conn.execute("SELECT sent_references FROM gsm_partial_sends").fetchall()
+            == [{"sent_references": [s["reference"] for s in modem.sent()]}]
+        ),
+        "parts 1 and 2 recorded",
+        first,
+    )
+    first.kill()
+    second = start_channel(service_env, tmp_path)  # reopening the port wakes the modem
+    try:
+        # SENT (NOREPORT later): the reports of parts 1 and 2 died with the first process
+        wait_until(lambda: status_of(conn, message) in ("SENT", "NOREPORT"), "SENT after the restart", second)
+        sent = modem.sent()
+        assert [s["udh"][-4:] for s in sent] == ["0301", "0302", "0303"]
+        assert len({s["udh"][6:8] for s in sent}) == 1
+        provider_ids = conn.execute(
+            "SELECT provider_id FROM message_parts WHERE message_id = %s ORDER BY part_number", (message,)
+        ).fetchall()
+        assert [p["provider_id"] for p in provider_ids] == [str(s["reference"]) for s in sent]
+        second.wait_for_log(f"resuming id={message} channel={CHANNEL} parts_sent=2 parts=3")
+    finally:
+        assert second.stop()[0] == 0
+
+
+def test_an_undecodable_pdu_is_kept_as_a_received_row_and_leaves_the_sim(
+    conn: Conn, modem: EmulatedModem, channel: ServiceProcess
+) -> None:
+    # an SMS-DELIVER from +31611114444 cut off in its timestamp
+    truncated = "00" + "04" + pdu.encode_address("+31611114444").hex().upper() + "0000" + "6211"
+    modem.call("deliver_raw", pdu=truncated)
+    modem.call("deliver_raw", pdu="07 not hex at all")
+    modem.call("deliver", sender="+31687654321", text="a good one after them")
+    rows = wait_until(lambda: len(received(conn)) == 3 and received(conn), "three rows", channel)
+    wait_until(lambda: modem.stored() == [], "the SIM emptied", channel)
+    bad = {r["properties"]["pdu"]: r for r in rows if r["properties"].get("undecodable")}
+    assert set(bad) == {truncated, "07 NOT HEX AT ALL"}
+    assert bad[truncated]["from_address"] == "+31611114444"
+    assert bad["07 NOT HEX AT ALL"]["from_address"] == "unknown"
+    assert all(r["status"] == "RECEIVED" and r["error"].startswith("undecodable PDU: ") for r in bad.values())
+    assert [r["body"] for r in rows if not r["properties"].get("undecodable")] == ["a good one after them"]
+    assert channel.log().count("undecodable PDU kept") == 2
+
+
+def blocked_on_parts(conn: Conn) -> bool:
+    """The channel's connection waits on a lock in the statement that records a status report."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+        " AND query LIKE '%%UPDATE message_parts%%'",
+        (f"channel-gsm-{CHANNEL}",),
+    ).fetchone()
+    return bool(row and row["n"])
+
+
+def test_status_reports_stored_on_the_sim_are_applied_and_deleted_after_the_commit(
+    conn: Conn, database_url: str, modem: EmulatedModem, channel: ServiceProcess
+) -> None:
+    modem.call("auto_report", mode="off")
+    modem.call("store_reports", on=True)  # +CDSI and a SIM index instead of +CDS
+    delivered, failed = queue_message(conn, "reported on the SIM"), queue_message(conn, "fails, reported on the SIM")
+    wait_until(lambda: status_of(conn, failed) in ("SENT", "NOREPORT"), "both sent", channel)
+    references = {
+        r["id"]: int(r["provider_id"]) for r in conn.execute("SELECT id, provider_id FROM messages").fetchall()
+    }
+    # another transaction holding the part: the channel reads the report and waits before its commit
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("SELECT 1 FROM message_parts WHERE message_id = %s FOR UPDATE", (delivered,))
+        modem.call("report", reference=references[delivered], status=0x00)
+        wait_until(lambda: blocked_on_parts(conn), "the channel blocked before its commit", channel)
+        assert len(modem.stored()) == 1  # read, not committed: still on the SIM
+        assert status_of(conn, delivered) in ("SENT", "NOREPORT")
+        blocker.rollback()
+    wait_until(lambda: status_of(conn, delivered) == "DELIVERED", "DELIVERED from the SIM", channel)
+    wait_until(lambda: modem.stored() == [], "the report deleted from the SIM", channel)
+    modem.call("report", reference=references[failed], status=0x41)
+    wait_until(lambda: status_of(conn, failed) == "NOTDELIVERED", "NOTDELIVERED from the SIM", channel)
+    wait_until(lambda: modem.stored() == [], "the second report deleted from the SIM", channel)
+    commands = modem.commands()
+    assert any(c.startswith("AT+CMGL") for c in commands) and any(c.startswith("AT+CMGD=") for c in commands)
 
 
 def test_kill_9_mid_send_requeues_the_message_as_outcome_unknown(

@@ -1,7 +1,8 @@
 """One GSM modem channel (SPEC §4): AT commands in PDU mode over a serial port.
 
 Owns QUEUED -> SENDING -> SENT | FAILED | QUEUED (retry) for its channel's messages,
-SENT/NOREPORT -> DELIVERED | NOTDELIVERED from status reports (+CDS, matched by TP-MR),
+SENT/NOREPORT -> DELIVERED | NOTDELIVERED from status reports (+CDS, or stored on the SIM;
+matched by TP-MR),
 SENT -> NOREPORT after the channel's report timeout, and incoming rows ('in', RECEIVED).
 Runs on the shared main loop with the port's descriptor as a Watch (no thread): unsolicited
 codes wake the step; a command waits for its own answer with select(), bounded by its timeout.
@@ -33,7 +34,7 @@ from smsbus.channel_settings import ChannelRow, GsmSettings, start_channel
 from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, join_payloads, segment_text
 from smsbus.loop import Connection, LoopSettings, Watch, run
 from smsbus.statuses import Status, check_move
-from smsbus_channel_gsm import pdu
+from smsbus_channel_gsm import cms_error, pdu
 from smsbus_channel_gsm.at import AtPort, CommandFailed, ModemError, Unsolicited
 
 SERVICE = "channel-gsm"
@@ -42,10 +43,6 @@ log = logging.getLogger(SERVICE)
 # +CREG <stat>: registered on the home network or roaming
 REGISTERED = {1: "home", 5: "roaming"}
 REGISTRATION_NAMES = {0: "not_searching", 1: "home", 2: "searching", 3: "denied", 4: "unknown", 5: "roaming"}
-# +CMS ERROR codes that no retry will fix (TS 24.011 E.2 cause values; TS 27.005 3.2.5)
-PERMANENT_CMS_ERRORS = frozenset(
-    {1, 8, 10, 21, 27, 28, 29, 30, 50, 96, 97, 98, 99, 111, 127, 301, 302, 303, 304, 305, 325}
-)
 # SMS-STATUS-REPORT outcomes as message_parts.receipt_state, in the receipts' common words
 RECEIPT_DELIVERED = "DELIVRD"
 RECEIPT_FAILED = "UNDELIV"
@@ -53,11 +50,16 @@ RECEIPT_FAILED = "UNDELIV"
 RECEIVED_KEY_RETENTION = timedelta(days=7)
 # from_address of an incoming message whose sender the table's address format refuses
 UNKNOWN_SENDER = "unknown"
+# the body of a RECEIVED row kept for a PDU that did not parse
+UNDECODABLE_BODY = "(undecodable PDU: the raw PDU is in properties.pdu)"
 
 SUBMITS = prometheus_client.Counter(
     "smsbus_gsm_submits_total", "SMS-SUBMIT PDUs sent, by outcome", ["channel", "outcome"]
 )
 RECEIVED = prometheus_client.Counter("smsbus_gsm_received_total", "Incoming messages stored", ["channel"])
+UNDECODABLE = prometheus_client.Counter(
+    "smsbus_gsm_undecodable_pdus_total", "PDUs read from the SIM that did not parse, kept as RECEIVED rows", ["channel"]
+)
 REPORTS = prometheus_client.Counter(
     "smsbus_gsm_status_reports_total", "Status reports, by outcome", ["channel", "outcome"]
 )
@@ -83,8 +85,10 @@ WITH claimed AS (
 )
 UPDATE messages m SET status = 'SENDING', lease_owner = %(owner)s,
        lease_until = now() + make_interval(secs => %(lease_s)s), ack_status = 'WAITING'
-FROM claimed WHERE m.id = claimed.id
-RETURNING m.id, m.to_address, m.body, m.properties, m.attempts
+FROM claimed LEFT JOIN gsm_partial_sends p ON p.message_id = claimed.id AND p.channel = %(channel)s
+WHERE m.id = claimed.id
+RETURNING m.id, m.to_address, m.body, m.properties, m.attempts,
+          p.concatenation_reference, p.encoding, p.total_parts, p.sent_references
 """
 
 # SENDING rows nobody sends any more: a previous process on this host (it is gone: we hold
@@ -107,6 +111,21 @@ WHERE m.id = sent.id AND m.status = 'SENDING'
 RETURNING m.id, m.parts
 """
 
+# a part of a concatenated message went out: kept before the next part is sent (0013)
+RECORD_PART_SENT = """
+INSERT INTO gsm_partial_sends (message_id, channel, concatenation_reference, encoding, total_parts, sent_references)
+VALUES (%(message_id)s, %(channel)s, %(reference)s, %(encoding)s, %(total_parts)s, %(sent_references)s)
+ON CONFLICT (message_id) DO UPDATE
+SET channel = EXCLUDED.channel, concatenation_reference = EXCLUDED.concatenation_reference,
+    encoding = EXCLUDED.encoding, total_parts = EXCLUDED.total_parts,
+    sent_references = EXCLUDED.sent_references, updated_at = now()
+"""
+
+# a part's record need not wait for the disk: see GsmChannel.record_part_sent
+COMMIT_WITHOUT_FLUSH = "SET LOCAL synchronous_commit = off"
+
+FORGET_PARTIAL_SENDS = "DELETE FROM gsm_partial_sends WHERE message_id = ANY(%(ids)s)"
+
 # every part's TP-MR, for its status report; a message sent again replaces its parts
 INSERT_PARTS = """
 INSERT INTO message_parts (message_id, part_number, channel, provider_id)
@@ -127,9 +146,10 @@ WHERE p.message_id = awaiting.message_id AND p.part_number = awaiting.part_numbe
 RETURNING p.message_id
 """
 
-# DELIVERED once every part is; NOTDELIVERED as soon as one part failed
+# DELIVERED once every part is (a part still waiting, NULL, counts as not delivered: bool_and
+# alone skips NULLs); NOTDELIVERED as soon as one part failed
 SUMMARISE_REPORTS = """
-SELECT bool_and(receipt_state = %(delivered)s) AS all_delivered,
+SELECT bool_and(coalesce(receipt_state = %(delivered)s, false)) AS all_delivered,
        bool_or(receipt_state = %(failed)s) AS any_failed
 FROM message_parts WHERE message_id = %(message_id)s
 """
@@ -149,8 +169,8 @@ ON CONFLICT DO NOTHING RETURNING pdu_key
 FORGET_OLD_PDUS = "DELETE FROM gsm_received_pdus WHERE received_at < now() - %(age)s"
 
 INSERT_RECEIVED = """
-INSERT INTO messages (direction, status, channel, from_address, body, properties, parts, received_at)
-VALUES ('in', 'RECEIVED', %(channel)s, %(from_address)s, %(body)s, %(properties)s, %(parts)s, now())
+INSERT INTO messages (direction, status, channel, from_address, body, properties, parts, error, received_at)
+VALUES ('in', 'RECEIVED', %(channel)s, %(from_address)s, %(body)s, %(properties)s, %(parts)s, %(error)s, now())
 RETURNING id
 """
 
@@ -188,17 +208,38 @@ RETURNING p.from_address, p.reference, p.total, p.part_number, p.data_coding, p.
 
 
 @dataclass(frozen=True)
+class PartialSend:
+    """The parts of a concatenated message that went out on an earlier attempt."""
+
+    reference: int
+    encoding: Encoding
+    total_parts: int
+    sent: tuple[int, ...]  # their TP-MRs, parts 1..len(sent)
+
+
+@dataclass(frozen=True)
 class Claimed:
     id: int
     to_address: str
     body: str
     properties: dict[str, Any]
     attempts: int
+    partial: PartialSend | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message ready for AT+CMGS: its parts, their concatenation reference, and the TP-MRs
+    of the parts an earlier attempt sent (those are not sent again)."""
+
+    segments: Segments
+    reference: int
+    sent: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Sent:
-    references: tuple[int, ...]
+    references: tuple[int, ...]  # every part's TP-MR, earlier attempts' included
 
 
 @dataclass(frozen=True)
@@ -245,6 +286,26 @@ def signal_dbm(rssi: int) -> int | None:
 
 def pdu_key(tpdu: bytes) -> str:
     return hashlib.sha256(tpdu).hexdigest()
+
+
+def claimed_from(row: dict[str, Any]) -> Claimed:
+    partial = None
+    if row["concatenation_reference"] is not None:
+        partial = PartialSend(
+            row["concatenation_reference"], Encoding(row["encoding"]), row["total_parts"], tuple(row["sent_references"])
+        )
+    return Claimed(row["id"], row["to_address"], row["body"], row["properties"], row["attempts"], partial)
+
+
+def sender_of(pdu_hex: str) -> str | None:
+    """The sender of an SMS-DELIVER whose later fields do not parse, if its address does."""
+    try:
+        tpdu = pdu.skip_smsc(pdu.from_hex(pdu_hex))
+        if pdu.message_type(tpdu) != pdu.MTI_DELIVER:
+            return None
+        return pdu.decode_address(tpdu, 1)[0]
+    except pdu.PduError:
+        return None
 
 
 class GsmChannel:
@@ -484,22 +545,19 @@ class GsmChannel:
         conn.commit()
         if not rows:
             return 0
-        claimed = sorted(
-            (Claimed(r["id"], r["to_address"], r["body"], r["properties"], r["attempts"]) for r in rows),
-            key=lambda c: c.id,
-        )
+        claimed = sorted((claimed_from(r) for r in rows), key=lambda c: c.id)
         if self.rate is not None:
             self.tokens -= len(claimed)
         outcomes: dict[int, Outcome] = {}
         lost: ModemError | None = None
         try:
-            prepared = {message.id: self.segment(message) for message in claimed}
-            self.keep_link_open(sum(p.parts for p in prepared.values() if isinstance(p, Segments)))
+            prepared = {message.id: self.prepare(message) for message in claimed}
+            self.keep_link_open(
+                sum(p.segments.parts - len(p.sent) for p in prepared.values() if isinstance(p, Prepared))
+            )
             for message in claimed:
-                segments = prepared[message.id]
-                outcomes[message.id] = (
-                    self.send_message(message, segments) if isinstance(segments, Segments) else segments
-                )
+                ready = prepared[message.id]
+                outcomes[message.id] = self.send_message(conn, message, ready) if isinstance(ready, Prepared) else ready
                 if isinstance(outcomes[message.id], Unknown):
                     break
         except ModemError as e:
@@ -511,7 +569,7 @@ class GsmChannel:
             not_started = [m.id for m in claimed if m.id not in outcomes]
             if not_started:
                 # back in the queue as they were: no attempt spent
-                queue.move(
+                requeued = queue.move(
                     conn,
                     not_started,
                     Status.SENDING,
@@ -520,6 +578,7 @@ class GsmChannel:
                     lease_owner=None,
                     lease_until=None,
                 )
+                metrics.MESSAGES.labels(Status.QUEUED, self.name).inc(len(requeued))
             for message in claimed:
                 outcome = outcomes.get(message.id)
                 if isinstance(outcome, Refused | Unknown):
@@ -543,23 +602,46 @@ class GsmChannel:
             except CommandFailed:
                 pass  # a modem without +CMMS sends the same, only slower
 
-    def segment(self, message: Claimed) -> Segments | Refused:
+    def prepare(self, message: Claimed) -> Prepared | Refused:
+        """The parts to send: after a partial send, the same alphabet and reference as the
+        parts that went out (the phone joins them by reference), else a new reference."""
+        partial = message.partial
+        if partial is not None:
+            segments = segment_text(message.body, partial.encoding)
+            if segments.parts == partial.total_parts:
+                log.info(
+                    "resuming id=%d channel=%s parts_sent=%d parts=%d",
+                    message.id,
+                    self.name,
+                    len(partial.sent),
+                    segments.parts,
+                )
+                return Prepared(segments, partial.reference, partial.sent)
+            log.warning("partial send no longer fits the body id=%d channel=%s: sent whole", message.id, self.name)
         try:
-            return segment_text(message.body, self.choose_encoding(message))
+            segments = segment_text(message.body, self.choose_encoding(message))
         except TextNotEncodable as e:
             return Refused(str(e), permanent=True)
-
-    def send_message(self, message: Claimed, segments: Segments) -> Outcome:
-        assert self.modem is not None
-        encoding = segments.encoding
+        if segments.parts == 1:
+            return Prepared(segments, 0, ())
         self.concatenation_reference = (self.concatenation_reference + 1) % 256
-        references: list[int] = []
-        for short_message in segments.short_messages(self.concatenation_reference):
+        return Prepared(segments, self.concatenation_reference, ())
+
+    def send_message(self, conn: Connection, message: Claimed, prepared: Prepared) -> Outcome:
+        """AT+CMGS for each part not yet sent. Each part but the last is recorded (and
+        committed) as it goes out, so a refusal or a crash later on leaves a retry only the
+        parts that did not go out (0013)."""
+        assert self.modem is not None
+        segments = prepared.segments
+        references = list(prepared.sent)
+        short_messages = segments.short_messages(prepared.reference)
+        for number in range(len(references) + 1, segments.parts + 1):
+            short_message = short_messages[number - 1]
             udh = short_message[: short_message[0] + 1] if segments.parts > 1 else b""
             submit = pdu.Submit(
                 message.to_address,
                 short_message[len(udh) :],
-                encoding,
+                segments.encoding,
                 udh,
                 request_report=self.settings.request_reports,
                 validity=self.validity,
@@ -571,16 +653,40 @@ class GsmChannel:
             except CommandFailed as e:
                 SUBMITS.labels(self.name, "refused").inc()
                 return Refused(
-                    f"modem refused part {len(references) + 1}/{segments.parts}: {e.final}",
-                    permanent=e.code in PERMANENT_CMS_ERRORS,
+                    f"modem refused part {number}/{segments.parts}: {cms_error.describe(e.final, e.code)}",
+                    permanent=cms_error.classify(e.code) is cms_error.ErrorClass.PERMANENT,
                 )
             except ModemError as e:
                 SUBMITS.labels(self.name, "unknown").inc()
-                return Unknown(f"no answer to AT+CMGS for part {len(references) + 1}/{segments.parts}: {e}")
+                return Unknown(f"no answer to AT+CMGS for part {number}/{segments.parts}: {e}")
             SUBMIT_SECONDS.labels(self.name).observe(time.monotonic() - started)
             SUBMITS.labels(self.name, "sent").inc()
             references.append(reference)
+            if number < segments.parts:
+                self.record_part_sent(conn, message, prepared, references)
         return Sent(tuple(references))
+
+    def record_part_sent(self, conn: Connection, message: Claimed, prepared: Prepared, references: list[int]) -> None:
+        """Committed without waiting for the disk flush (synchronous_commit off): it survives
+        this process dying at once, and only a crash of PostgreSQL itself in the next moment
+        could lose it (then that part goes out again, as any unknown outcome)."""
+        number = len(references)
+        with conn.transaction():
+            conn.execute(COMMIT_WITHOUT_FLUSH)
+            conn.execute(
+                RECORD_PART_SENT,
+                {
+                    "message_id": message.id,
+                    "channel": self.name,
+                    "reference": prepared.reference,
+                    "encoding": prepared.segments.encoding.value,
+                    "total_parts": prepared.segments.parts,
+                    "sent_references": references,
+                },
+            )
+            if self.settings.request_reports:
+                self.insert_parts(conn, [(message.id, number, references[-1])])
+        conn.commit()
 
     def choose_encoding(self, message: Claimed) -> Encoding:
         """The message's own hint (properties.encoding) if PDU mode carries it, else the
@@ -591,8 +697,9 @@ class GsmChannel:
         return choose_encoding(message.body, [Encoding(e) for e in self.settings.encodings])
 
     def record_sent(self, conn: Connection, sent: list[tuple[Claimed, Sent]]) -> None:
-        """The batch's sent messages in one statement (and their parts in another): one
-        UPDATE per message cost more than the AT+CMGS round trip itself (bench/gsm.py)."""
+        """The batch's sent messages in one statement (and their last parts in another; the
+        parts before were recorded as they went out): one UPDATE per message cost more than
+        the AT+CMGS round trip itself (bench/gsm.py)."""
         check_move(Status.SENDING, Status.SENT)
         moved = conn.execute(
             RECORD_SENT,
@@ -603,59 +710,52 @@ class GsmChannel:
             },
         ).fetchall()
         if self.settings.request_reports:
-            parts = [
-                (message.id, number, str(reference))
-                for message, outcome in sent
-                for number, reference in enumerate(outcome.references, start=1)
-            ]
-            conn.execute(
-                INSERT_PARTS,
-                {
-                    "channel": self.name,
-                    "message_ids": [p[0] for p in parts],
-                    "part_numbers": [p[1] for p in parts],
-                    "provider_ids": [p[2] for p in parts],
-                },
+            self.insert_parts(
+                conn, [(message.id, len(outcome.references), outcome.references[-1]) for message, outcome in sent]
             )
+        # a partial send found at the claim (sent whole when the body changed) is done too
+        partly_sent = [m.id for m, outcome in sent if len(outcome.references) > 1 or m.partial is not None]
+        if partly_sent:
+            conn.execute(FORGET_PARTIAL_SENDS, {"ids": partly_sent})
+        metrics.MESSAGES.labels(Status.SENT, self.name).inc(len(moved))
         for row in moved:
             log.info("sent id=%d channel=%s parts=%d", row["id"], self.name, row["parts"])
 
+    def insert_parts(self, conn: Connection, parts: list[tuple[int, int, int]]) -> None:
+        """(message id, part number, TP-MR) of parts that went out, for their status reports."""
+        conn.execute(
+            INSERT_PARTS,
+            {
+                "channel": self.name,
+                "message_ids": [p[0] for p in parts],
+                "part_numbers": [p[1] for p in parts],
+                "provider_ids": [str(p[2]) for p in parts],
+            },
+        )
+
     def record(self, conn: Connection, message: Claimed, outcome: Refused | Unknown) -> None:
-        """A message that was not sent, in the caller's (short) transaction."""
-        done = {"lease_owner": None, "lease_until": None}
+        """A message that was not sent, in the caller's (short) transaction. Parts that did
+        go out stay in gsm_partial_sends: a retry (or an operator's, after FAILED) sends the rest."""
         attempts = message.attempts + 1
-        if isinstance(outcome, Unknown) and self.settings.on_unknown == "fail":
-            queue.move(
-                conn, [message.id], Status.SENDING, Status.FAILED, attempts=attempts, error=outcome.error, **done
-            )
-        elif isinstance(outcome, Refused) and (outcome.permanent or attempts >= self.settings.max_attempts):
-            queue.move(
-                conn,
-                [message.id],
-                Status.SENDING,
-                Status.FAILED,
-                attempts=attempts,
-                ack_status="NACK",
-                error=outcome.error,
-                **done,
-            )
-        elif isinstance(outcome, Unknown) and attempts >= self.settings.max_attempts:
-            queue.move(
-                conn, [message.id], Status.SENDING, Status.FAILED, attempts=attempts, error=outcome.error, **done
-            )
+        changes: dict[str, Any] = {
+            "attempts": attempts,
+            "error": outcome.error,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if isinstance(outcome, Refused) and (outcome.permanent or attempts >= self.settings.max_attempts):
+            target = Status.FAILED
+            changes["ack_status"] = "NACK"
+        elif isinstance(outcome, Unknown) and (
+            self.settings.on_unknown == "fail" or attempts >= self.settings.max_attempts
+        ):
+            target = Status.FAILED
         else:
+            target = Status.QUEUED
             delay = min(self.settings.retry_max_s, self.settings.retry_initial_s * 2 ** (attempts - 1))
-            queue.move(
-                conn,
-                [message.id],
-                Status.SENDING,
-                Status.QUEUED,
-                attempts=attempts,
-                ack_status="N/A",
-                next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
-                error=outcome.error,
-                **done,
-            )
+            changes.update(ack_status="N/A", next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
+        moved = queue.move(conn, [message.id], Status.SENDING, target, **changes)
+        metrics.MESSAGES.labels(target, self.name).inc(len(moved))
         log.warning("not sent id=%d channel=%s attempts=%d error=%s", message.id, self.name, attempts, outcome.error)
 
     # --- status reports -----------------------------------------------------------------------
@@ -688,6 +788,7 @@ class GsmChannel:
             return
         for source in (Status.SENT, Status.NOREPORT):
             if queue.move(conn, [message_id], source, target, report_at=datetime.now(UTC), error=error):
+                metrics.MESSAGES.labels(target, self.name).inc()
                 log.info("report id=%d channel=%s status=%s", message_id, self.name, target)
 
     def sweep(self, conn: Connection) -> None:
@@ -698,10 +799,11 @@ class GsmChannel:
                 for r in conn.execute(SELECT_REPORT_OVERDUE, {"channel": self.name, "timeout": self.report_timeout})
             ]
             if overdue:
-                queue.move(
+                moved = queue.move(
                     conn, overdue, Status.SENT, Status.NOREPORT, error="no status report within the report timeout"
                 )
-                log.info("no report channel=%s messages=%d", self.name, len(overdue))
+                metrics.MESSAGES.labels(Status.NOREPORT, self.name).inc(len(moved))
+                log.info("no report channel=%s messages=%d", self.name, len(moved))
             stale: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
             timeout = timedelta(seconds=self.settings.reassembly_timeout_s)
             for row in conn.execute(TAKE_STALE_PARTS, {"channel": self.name, "timeout": timeout}):
@@ -748,32 +850,47 @@ class GsmChannel:
             log.info("SIM listing refused channel=%s error=%s", self.name, e.final)
             lines = []
         self.sim_may_hold_messages = False
-        entries: list[tuple[int, bytes]] = []
+        entries: list[tuple[int, str]] = []
         for header, pdu_line in zip(lines[::2], lines[1::2], strict=False):
             index_text = header.split(":", 1)[1].split(",")[0].strip()
-            try:
-                entries.append((int(index_text), pdu.skip_smsc(pdu.from_hex(pdu_line))))
-            except (ValueError, pdu.PduError) as e:
-                log.warning("unreadable PDU left on the SIM channel=%s index=%s error=%s", self.name, index_text, e)
+            if not index_text.isdigit():  # without its index it can be neither read alone nor deleted
+                log.warning("SIM listing line without an index channel=%s header=%r", self.name, header[:40])
+                continue
+            entries.append((int(index_text), pdu_line.strip().upper()))
         if not entries:
             return 0
-        handled: list[int] = []
         with conn.transaction():
-            for index, tpdu in entries:
+            for index, pdu_hex in entries:
                 try:
                     with conn.transaction():  # one bad PDU must not undo the others
-                        self.store_pdu(conn, tpdu)
-                except pdu.PduError as e:
-                    log.warning("unreadable PDU left on the SIM channel=%s index=%d error=%s", self.name, index, e)
-                    continue
-                handled.append(index)
+                        self.store_pdu(conn, pdu.skip_smsc(pdu.from_hex(pdu_hex)))
+                except ValueError as e:  # a PduError, or a header smsbus.encoding refuses
+                    self.store_undecodable(conn, index, pdu_hex, e)
         conn.commit()
-        for index in handled:
+        for index, _ in entries:
             try:
                 at.command(f"AT+CMGD={index}", self.settings.command_timeout_s)
             except CommandFailed as e:
                 log.warning("delete from the SIM refused channel=%s index=%d error=%s", self.name, index, e.final)
-        return len(handled)
+        return len(entries)
+
+    def store_undecodable(self, conn: Connection, index: int, pdu_hex: str, error: ValueError) -> None:
+        """A PDU that does not parse is kept as a RECEIVED row (raw PDU in properties.pdu,
+        the reason in error) and leaves the SIM like any other: where an operator looks for
+        incoming messages, archived with them, and the SIM does not fill up with it."""
+        if conn.execute(REMEMBER_PDU, {"channel": self.name, "pdu_key": pdu_key(pdu_hex.encode())}).fetchone() is None:
+            log.info("undecodable PDU already stored channel=%s index=%d: deleting it from the SIM", self.name, index)
+            return
+        UNDECODABLE.labels(self.name).inc()
+        log.warning("undecodable PDU kept channel=%s index=%d error=%s", self.name, index, error)
+        self.insert_received(
+            conn,
+            sender_of(pdu_hex) or UNKNOWN_SENDER,
+            UNDECODABLE_BODY,
+            1,
+            {"undecodable": True, "pdu": pdu_hex},
+            error=f"undecodable PDU: {error}",
+        )
 
     def store_pdu(self, conn: Connection, tpdu: bytes) -> None:
         if pdu.message_type(tpdu) == pdu.MTI_STATUS_REPORT:
@@ -807,7 +924,15 @@ class GsmChannel:
             properties = {"incomplete": True, "missing_parts": missing}
         self.insert_received(conn, sender, body, total, properties)
 
-    def insert_received(self, conn: Connection, sender: str, body: str, parts: int, properties: dict[str, Any]) -> None:
+    def insert_received(
+        self,
+        conn: Connection,
+        sender: str,
+        body: str,
+        parts: int,
+        properties: dict[str, Any],
+        error: str | None = None,
+    ) -> None:
         """A sender the messages table refuses (an 12-character alphanumeric id, odd
         characters) is kept in properties.sender rather than lose the message."""
         params = {
@@ -816,6 +941,7 @@ class GsmChannel:
             "body": body or " ",
             "parts": parts,
             "properties": Jsonb(properties),
+            "error": error,
         }
         try:
             with conn.transaction():
@@ -828,6 +954,7 @@ class GsmChannel:
             row = conn.execute(INSERT_RECEIVED, params).fetchone()
         assert row is not None
         RECEIVED.labels(self.name).inc()
+        metrics.MESSAGES.labels(Status.RECEIVED, self.name).inc()
         log.info("received id=%d channel=%s parts=%d", row["id"], self.name, parts)
 
     def close(self) -> None:

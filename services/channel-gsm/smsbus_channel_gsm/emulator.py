@@ -67,7 +67,9 @@ class Modem:
     echo: bool = True
     pin_ok: bool = False
     pdu_mode: bool = False
-    report_unsolicited: int = 0  # CNMI <ds>: 1 = +CDS
+    report_unsolicited: int = 0  # CNMI <ds>: 1 = +CDS, 2 = stored and announced (+CDSI)
+    # a modem that stores its status reports whatever CNMI <ds> asks (+CDSI, read with AT+CMGL)
+    store_reports: bool = False
     notify_incoming: int = 0  # CNMI <mt>: 1 = +CMTI
     registration: int = 1  # +CREG <stat>: 1 home, 5 roaming, 0 searching
     creg_mode: int = 0
@@ -80,10 +82,13 @@ class Modem:
     auto_report: str = "off"  # "delivered", "failed" or "off"
     hung: bool = False
     hang_on: str | None = None
+    hang_after: int = 0  # commands with the hang_on prefix answered before it hangs
     garbage: bool = False
-    # the next refuse_count AT+CMGS are answered +CMS ERROR: refuse_code
+    # after refuse_after more accepted ones, the next refuse_count AT+CMGS are answered
+    # +CMS ERROR: refuse_code (refuse_after 1: part 2 of a long message)
     refuse_code: int = 0
     refuse_count: int = 0
+    refuse_after: int = 0
 
     def reset(self) -> None:
         self.echo = True
@@ -100,6 +105,14 @@ class Modem:
             raise OverflowError("SIM full")
         self.storage[free] = Stored(0, pdu_hex)
         return free
+
+
+def tpdu_length(pdu_hex: str) -> int:
+    """<length> of +CMGL/+CMGR: the TPDU's octets (a PDU that does not parse: all of them)."""
+    try:
+        return len(pdu.skip_smsc(pdu.from_hex(pdu_hex)))
+    except pdu.PduError:
+        return len(pdu_hex) // 2
 
 
 class Emulator:
@@ -232,8 +245,10 @@ class Emulator:
         modem = self.modem
         modem.commands.append(line)
         if modem.hang_on is not None and line.upper().startswith(modem.hang_on):
-            modem.hung, modem.hang_on = True, None
-            return
+            if modem.hang_after == 0:
+                modem.hung, modem.hang_on = True, None
+                return
+            modem.hang_after -= 1
         command = line.upper()
         if not command.startswith("AT"):
             self.answer("ERROR")
@@ -326,13 +341,15 @@ class Emulator:
             print(f"modem-emu: refused PDU: {e}", file=sys.stderr, flush=True)
             self.answer(f"+CMS ERROR: {CMS_INVALID_PDU}")
             return
-        if modem.refuse_count > 0:
+        if modem.refuse_count > 0 and modem.refuse_after == 0:
             modem.refuse_count -= 1
             self.answer(f"+CMS ERROR: {modem.refuse_code}")
             return
         if not modem.functional or modem.registration not in (1, 5):
             self.answer(f"+CMS ERROR: {CMS_NO_NETWORK}")
             return
+        if modem.refuse_count > 0:
+            modem.refuse_after -= 1
         reference = modem.next_reference
         modem.next_reference = (reference + 1) % 256
         modem.sent.append(
@@ -354,8 +371,7 @@ class Emulator:
     def list_messages(self) -> None:
         lines = []
         for index, stored in sorted(self.modem.storage.items()):
-            tpdu_length = len(pdu.skip_smsc(bytes.fromhex(stored.pdu_hex)))
-            lines += [f"+CMGL: {index},{stored.stat},,{tpdu_length}", stored.pdu_hex]
+            lines += [f"+CMGL: {index},{stored.stat},,{tpdu_length(stored.pdu_hex)}", stored.pdu_hex]
             stored.stat = 1
         self.answer(*lines, "OK")
 
@@ -364,8 +380,7 @@ class Emulator:
         if stored is None:
             self.answer(f"+CMS ERROR: {CMS_INVALID_INDEX}")
             return
-        tpdu_length = len(pdu.skip_smsc(bytes.fromhex(stored.pdu_hex)))
-        self.answer(f"+CMGR: {stored.stat},,{tpdu_length}", stored.pdu_hex, "OK")
+        self.answer(f"+CMGR: {stored.stat},,{tpdu_length(stored.pdu_hex)}", stored.pdu_hex, "OK")
         stored.stat = 1
 
     def delete_message(self, argument: str) -> None:
@@ -390,10 +405,11 @@ class Emulator:
 
     def send_report(self, report: bytes) -> None:
         tpdu_length = len(pdu.skip_smsc(report))
-        if self.modem.report_unsolicited == 1:
+        if self.modem.report_unsolicited == 1 and not self.modem.store_reports:
             self.answer(f"+CDS: {tpdu_length}", report.hex().upper())
-        else:
-            index = self.modem.store(report.hex().upper())
+            return
+        index = self.modem.store(report.hex().upper())
+        if self.modem.report_unsolicited != 0:
             self.answer(f'+CDSI: "SM",{index}')
 
     def deliver(self, sender: str, text: str, encoding: str | None, lose_parts: Iterable[int] = ()) -> list[int]:
@@ -414,6 +430,13 @@ class Emulator:
             if self.modem.notify_incoming == 1:
                 self.answer(f'+CMTI: "SM",{index}')
         return indexes
+
+    def deliver_raw(self, pdu_hex: str) -> int:
+        """Store a PDU as given, unchecked: what a broken network or SIM can leave there."""
+        index = self.modem.store(pdu_hex)
+        if self.modem.notify_incoming == 1:
+            self.answer(f'+CMTI: "SM",{index}')
+        return index
 
     # --- the control socket --------------------------------------------------------------------
 
@@ -443,13 +466,19 @@ class Emulator:
             return {}
         if command == "refuse":
             modem.refuse_code, modem.refuse_count = int(request["code"]), int(request.get("count", 1))
+            modem.refuse_after = int(request.get("after", 0))
             return {}
         if command == "hang":
             modem.hung = True
             return {}
         if command == "hang_on":
-            modem.hang_on = str(request["prefix"]).upper()
+            modem.hang_on, modem.hang_after = str(request["prefix"]).upper(), int(request.get("after", 0))
             return {}
+        if command == "store_reports":
+            modem.store_reports = bool(request.get("on", True))
+            return {}
+        if command == "deliver_raw":
+            return {"index": self.deliver_raw(str(request["pdu"]))}
         if command == "garbage":
             modem.garbage = bool(request.get("on", True))
             self.write("\r\n\x00\xffNOISE%\x80\r\n")
