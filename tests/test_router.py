@@ -234,7 +234,8 @@ def test_scheduled_messages_are_released_when_due_and_then_routed(conn: Conn, wo
         "VALUES ('out', '+31612345678', 'later', now() + interval '1 hour') RETURNING id, scheduled_at"
     ).fetchone()
     assert row is not None
-    router = Router(RouterSettings(), publisher=None)
+    # the queue depth refresh would wake it too
+    router = Router(RouterSettings(queue_depth_interval_s=0), publisher=None)
     router.step(worker)
     assert outcome(conn, row["id"])[0] == "SCHEDULED"
     assert router.next_wake() == pytest.approx(row["scheduled_at"].timestamp())
