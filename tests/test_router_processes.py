@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.rows import dict_row
 
 from smsbus import channel_health
@@ -156,12 +157,36 @@ SELECT status, channel, count(*) AS n FROM messages GROUP BY status, channel
 
 def decided_by(port: int) -> int:
     """How many messages this router process decided on, from its own metrics."""
+    return int(sum(value for (name, _), value in scrape(port).items() if name == "smsbus_messages_total"))
+
+
+Series = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape(port: int) -> dict[Series, float]:
+    """A process's /metrics: the value of every sample by (name, labels)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("smsbus_router_messages_total{")
-    )
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def series(name: str, **labels: str) -> Series:
+    return name, frozenset(labels.items())
+
+
+def wait_for_metrics(port: int, expected: dict[Series, float], router: ServiceProcess, timeout_s: float = 10) -> None:
+    """Until every expected series has its value (the queue depth is refreshed on a timer)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = scrape(port)
+        wrong = {key: found.get(key) for key, value in expected.items() if found.get(key) != value}
+        if not wrong:
+            return
+        assert time.monotonic() < deadline, f"not as expected: {wrong}\n{router.log()}"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -243,12 +268,98 @@ def test_four_routers_share_a_long_queue(
     run_shared_queue(conn, service_env, tmp_path, count=count, routers=4)
 
 
+def test_messages_total_counts_each_decision_by_status_and_channel(
+    conn: Conn, broker: ServiceProcess, start_router: StartRouter
+) -> None:
+    add_channel(conn, "kpn", daily_limit=1)
+    conn.execute("INSERT INTO blocking_rules (position, name, condition) VALUES (1, 'spam', 'body = ''spam''')")
+    conn.execute(
+        "INSERT INTO routing_rules (position, name, condition, channels) "
+        "VALUES (1, 'nl', 'to_address LIKE ''+31%%''', '{kpn}')"
+    )
+    port = free_port()
+    router = start_router(metrics_port=str(port), queue_depth_interval_s="0.05")
+    conn.execute(
+        "INSERT INTO messages (direction, to_address, body, channel) VALUES "
+        "('out', '+31612345678', 'one', NULL), ('out', '+31612345678', 'two', NULL), "
+        "('out', '+4915112345678', 'nowhere', NULL), ('out', '+31612345678', 'spam', 'kpn')"
+    )
+    expected = {
+        series("smsbus_messages_total", status="QUEUED", channel="kpn"): 1.0,
+        series("smsbus_messages_total", status="DAILYLIMIT", channel=""): 1.0,
+        series("smsbus_messages_total", status="NOCHANNEL", channel=""): 1.0,
+        series("smsbus_messages_total", status="BLOCKED", channel="kpn"): 1.0,
+        # and the one passed now waits for its channel
+        series("smsbus_queue_depth", status="QUEUED", channel="kpn"): 1.0,
+    }
+    wait_for_metrics(port, expected, router)
+    decided = {(r["status"], r["channel"] or ""): r["n"] for r in conn.execute(COUNT_OUTCOMES)}
+    assert decided == {("QUEUED", "kpn"): 1, ("DAILYLIMIT", ""): 1, ("NOCHANNEL", ""): 1, ("BLOCKED", "kpn"): 1}
+    assert decided_by(port) == 4
+
+
+# Rows as channels and triggers leave them, written by plain SQL: the router routes none of them
+# (the QUEUED ones are passed already, the SCHEDULED ones are not due).
+FILL_WORKING_STATES = """
+INSERT INTO messages (direction, status, trigger_status, channel, to_address, body,
+                      scheduled_at, routed_at, created_at)
+VALUES ('out', 'SCHEDULED', 'N/A', NULL, '+31612345678', 'later', now() + interval '1 hour', NULL, now()),
+       ('out', 'SCHEDULED', 'N/A', NULL, '+31612345678', 'later', now() + interval '2 hours', NULL, now()),
+       ('out', 'QUEUED', 'N/A', 'kpn', '+31612345678', 'waiting', NULL, now(), now() - interval '10 minutes'),
+       ('out', 'QUEUED', 'N/A', 'kpn', '+31612345678', 'waiting', NULL, now(), now()),
+       ('out', 'QUEUED', 'N/A', 'kpn', '+31612345678', 'waiting', NULL, now(), now()),
+       ('out', 'QUEUED', 'N/A', 'vodafone', '+31612345678', 'waiting', NULL, now(), now()),
+       ('out', 'SENDING', 'N/A', 'kpn', '+31612345678', 'on the wire', NULL, now(), now()),
+       ('out', 'SENT', 'N/A', 'kpn', '+31612345678', 'awaiting its report', NULL, now(), now()),
+       ('out', 'DELIVERED', 'N/A', 'kpn', '+31612345678', 'for the triggers', NULL, now(), now()),
+       ('out', 'DELIVERED', 'PENDING', 'kpn', '+31612345678', 'a trigger runs', NULL, now(), now()),
+       ('out', 'DELIVERED', 'PROCESSED', 'kpn', '+31612345678', 'finished', NULL, now(), now())
+"""
+# the SENT message has two parts awaiting their receipts; the DELIVERED ones await nothing
+FILL_PARTS = """
+INSERT INTO message_parts (message_id, part_number, channel, provider_id, receipt_state)
+SELECT id, part, 'kpn', id || '-' || part, CASE WHEN status = 'DELIVERED' THEN 'DELIVRD' END
+FROM messages, generate_series(1, 2) AS part WHERE status IN ('SENT', 'DELIVERED')
+"""
+
+
+def test_queue_depth_counts_each_working_state_per_channel_and_drops_to_zero(
+    conn: Conn, start_router: StartRouter
+) -> None:
+    port = free_port()
+    router = start_router(metrics_port=str(port), queue_depth_interval_s="0.05")
+    conn.execute(FILL_WORKING_STATES)
+    conn.execute(FILL_PARTS)
+    depths = {
+        series("smsbus_queue_depth", status="SCHEDULED", channel=""): 2.0,
+        series("smsbus_queue_depth", status="QUEUED", channel="kpn"): 3.0,
+        series("smsbus_queue_depth", status="QUEUED", channel="vodafone"): 1.0,
+        series("smsbus_queue_depth", status="SENDING", channel="kpn"): 1.0,
+        series("smsbus_queue_depth", status="SENT", channel="kpn"): 1.0,
+        # SENT is a permanent status: it is offered to the triggers too
+        series("smsbus_trigger_queue_depth", trigger_status="N/A"): 2.0,
+        series("smsbus_trigger_queue_depth", trigger_status="PENDING"): 1.0,
+    }
+    wait_for_metrics(port, depths, router)
+    found = scrape(port)
+    # the oldest QUEUED on kpn was created ten minutes ago; the SCHEDULED ones are not due yet
+    assert 600 <= found[series("smsbus_queue_oldest_age_seconds", status="QUEUED", channel="kpn")] < 3600
+    assert found[series("smsbus_queue_oldest_age_seconds", status="SCHEDULED", channel="")] == 0
+
+    conn.execute("DELETE FROM messages")
+    wait_for_metrics(port, dict.fromkeys(depths, 0.0), router)
+    found = scrape(port)
+    assert found[series("smsbus_queue_oldest_age_seconds", status="QUEUED", channel="kpn")] == 0
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "says"),
     [
         ("TIME_ZONE", "Mars/Olympus", "bad setting router.time_zone: unknown time zone 'Mars/Olympus'"),
         ("BATCH_SIZE", "0", "bad setting router.batch_size: Expected `int` >= 1"),
         ("RULE_TIMEOUT_S", "-1", "bad setting router.rule_timeout_s"),
+        ("QUEUE_DEPTH_INTERVAL_S", "soon", "bad setting router.queue_depth_interval_s"),
+        ("QUEUE_DEPTH_INTERVAL_S", "-1", "bad setting router.queue_depth_interval_s: Expected `float` >= 0"),
     ],
 )
 def test_a_bad_setting_stops_the_router_at_start_naming_it(

@@ -18,7 +18,8 @@ STEP_SECONDS = prometheus_client.Histogram(
 )
 
 # SPEC §9 "messages by status and channel": each service counts the moves it makes, where it
-# records them (router: QUEUED/BLOCKED/NOCHANNEL/DAILYLIMIT; channels: SENT, FAILED, DELIVERED,
+# records them (router: QUEUED with the channel it passed to, BLOCKED, NOCHANNEL, DAILYLIMIT,
+# FAILED when a rule raised on the message; channels: SENT, FAILED, DELIVERED,
 # NOTDELIVERED, NOREPORT, RECEIVED, QUEUED for a retry). channel="" when there is none.
 MESSAGES = prometheus_client.Counter(
     "smsbus_messages_total", "Messages moved into a status by this service", ["status", "channel"]

@@ -25,6 +25,7 @@ from smsbus.bus import CONFIG, STATUS, Publisher, outgoing_topic
 from smsbus.channel_health import connected_channels
 from smsbus.config import OptionalPort, Seconds
 from smsbus.loop import Connection, LoopSettings, first_line, prepare, run
+from smsbus.metrics import MESSAGES
 from smsbus.routing import (
     BY_ID_SOURCE,
     CLAIMED_SOURCE,
@@ -41,14 +42,12 @@ from smsbus.routing import (
     today,
 )
 from smsbus.statuses import Status, check_move
+from smsbus_router.queue_depth import QueueDepth
 
 SERVICE = "router"
 
 log = logging.getLogger(SERVICE)
 
-ROUTED = prometheus_client.Counter(
-    "smsbus_router_messages_total", "Messages the router decided on", ["status"]
-)
 RELEASED = prometheus_client.Counter(
     "smsbus_router_released_total", "SCHEDULED messages released to QUEUED"
 )
@@ -107,6 +106,8 @@ class RouterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     time_zone: str = "UTC"
     # the longest the rules may take over one batch (or, after a failure, one message)
     rule_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # how often the queue depth gauges are refreshed (0 = never)
+    queue_depth_interval_s: Seconds = 15.0
 
     def __post_init__(self) -> None:
         check_time_zone(self.time_zone)
@@ -119,15 +120,23 @@ class Router:
         self.rotation = Rotation()
         self.next_due_at: float | None = None
         self.rules: Rules | None = None
+        self.queue_depth = QueueDepth()
+        # wall-clock time of the next queue depth refresh; None when they are off
+        self.next_queue_depth_at: float | None = 0.0 if own.queue_depth_interval_s > 0 else None
 
     # -- what the main loop calls ------------------------------------------------------
 
     def step(self, conn: Connection) -> int:
-        """Release what is due, then route one batch; the number of messages handled."""
-        return self.release_due(conn) + self.route_batch(conn)
+        """Release what is due, route one batch, and refresh the queue depth when its time has
+        come (between batches, so a backlog never waits for it); the number of messages handled."""
+        handled = self.release_due(conn) + self.route_batch(conn)
+        if self.next_queue_depth_at is not None and time.time() >= self.next_queue_depth_at:
+            self.queue_depth.refresh(conn)
+            self.next_queue_depth_at = time.time() + self.own.queue_depth_interval_s
+        return handled
 
     def next_wake(self) -> float | None:
-        return self.next_due_at
+        return min((t for t in (self.next_due_at, self.next_queue_depth_at) if t is not None), default=None)
 
     # -- SCHEDULED -> QUEUED -----------------------------------------------------------
 
@@ -165,13 +174,14 @@ class Router:
         routed_today = lock_daily_counts(conn, day, limited)
         states = channel_states(channels, connected_channels(conn), routed_today)
         decisions = decide(evaluated, rules, states, self.rotation) + failed
-        receiving = apply(conn, decisions, ctids, day, limited)
+        applied = apply(conn, decisions, ctids, day, limited)
         conn.commit()
+        receiving = {channel for status, channel in applied if status == Status.QUEUED}
         if self.publisher is not None:
             for channel in sorted(receiving):
                 self.publisher.publish(outgoing_topic(channel))
-        for status, count in Counter(d.status for d in decisions).items():
-            ROUTED.labels(str(status)).inc(count)
+        for (status, channel), count in applied.items():
+            MESSAGES.labels(status, channel).inc(count)
         log.debug("routed batch=%d channels=%s", len(decisions), ",".join(sorted(receiving)) or "-")
         return len(decisions)
 
@@ -243,8 +253,9 @@ def lock_daily_counts(conn: Connection, day: date, channels: list[str]) -> dict[
 
 def apply(
     conn: Connection, decisions: list[Decision], ctids: dict[int, str], day: date, limited: list[str]
-) -> set[str]:
-    """Write the decisions and count the passes; returns the channels that received messages."""
+) -> Counter[tuple[str, str]]:
+    """Write the decisions and count the passes; returns the messages written by (status,
+    channel, "" for none): QUEUED is a pass to that channel."""
     for status in {d.status for d in decisions} - {Status.QUEUED}:
         check_move(Status.QUEUED, status)
     params = {
@@ -255,13 +266,14 @@ def apply(
         "channels": [d.channel for d in decisions],
         "errors": [d.error for d in decisions],
     }
-    received = Counter(row["channel"] for row in conn.execute(APPLY_DECISIONS, params) if row["status"] == "QUEUED")
-    counted = [name for name in limited if received[name]]
+    applied = Counter((row["status"], row["channel"] or "") for row in conn.execute(APPLY_DECISIONS, params))
+    received = {channel: count for (status, channel), count in applied.items() if status == Status.QUEUED}
+    counted = [name for name in limited if received.get(name)]
     if counted:
         conn.execute(
             ADD_DAILY_COUNTS, {"day": day, "channels": counted, "routed": [received[c] for c in counted]}
         )
-    return set(received)
+    return applied
 
 
 def main() -> None:

@@ -54,11 +54,7 @@ class TriggersSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
 
 
-# smsbus.statuses.PERMANENT written out, as in migration 0006's partial index, so that the
-# planner sees the index fits (a test compares the three)
-IS_PERMANENT = """status IN ('SENT', 'FAILED', 'NOCHANNEL', 'BLOCKED', 'DAILYLIMIT', 'DELIVERED',
-                  'NOTDELIVERED', 'NOREPORT', 'RECEIVED')"""
-CLAIMABLE = f"trigger_status = 'N/A' AND {IS_PERMANENT}"
+CLAIMABLE = f"trigger_status = 'N/A' AND {queue.IS_PERMANENT}"
 
 # trigger_status N/A -> PENDING for a batch, oldest first; the claimer is our backend
 CLAIM_MESSAGES = f"""
@@ -74,7 +70,7 @@ RETURNING *
 # evaluated again then: a trigger edited in between applies.
 SELECT_OWN_CLAIMS = f"""
 SELECT * FROM messages
-WHERE trigger_status = 'PENDING' AND {IS_PERMANENT} AND trigger_owner_pid = pg_backend_pid()
+WHERE trigger_status = 'PENDING' AND {queue.IS_PERMANENT} AND trigger_owner_pid = pg_backend_pid()
 ORDER BY id LIMIT %(limit)s
 """
 
@@ -84,7 +80,7 @@ RELEASE_ORPHANED_CLAIMS = f"""
 UPDATE messages SET trigger_status = 'N/A', trigger_owner_pid = NULL
 WHERE id IN (
     SELECT id FROM messages
-    WHERE trigger_status = 'PENDING' AND {IS_PERMANENT}
+    WHERE trigger_status = 'PENDING' AND {queue.IS_PERMANENT}
       AND trigger_owner_pid <> ALL (ARRAY(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL))
     ORDER BY id
     FOR NO KEY UPDATE SKIP LOCKED)
