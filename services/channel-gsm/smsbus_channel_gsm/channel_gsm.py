@@ -111,7 +111,7 @@ WHERE m.id = sent.id AND m.status = 'SENDING'
 RETURNING m.id, m.parts
 """
 
-# a part of a concatenated message went out: kept before the next part is sent (0013)
+# a part of a concatenated message went out: kept before the next part is sent (0011)
 RECORD_PART_SENT = """
 INSERT INTO gsm_partial_sends (message_id, channel, concatenation_reference, encoding, total_parts, sent_references)
 VALUES (%(message_id)s, %(channel)s, %(reference)s, %(encoding)s, %(total_parts)s, %(sent_references)s)
@@ -630,7 +630,7 @@ class GsmChannel:
     def send_message(self, conn: Connection, message: Claimed, prepared: Prepared) -> Outcome:
         """AT+CMGS for each part not yet sent. Each part but the last is recorded (and
         committed) as it goes out, so a refusal or a crash later on leaves a retry only the
-        parts that did not go out (0013)."""
+        parts that did not go out (0011)."""
         assert self.modem is not None
         segments = prepared.segments
         references = list(prepared.sent)
