@@ -92,6 +92,8 @@ class Connection:
         self.writer = writer
         self.sequences = SimpleSequenceGenerator()
         self.bind: str | None = None
+        # receipts sent without their deliver_sm_resp yet: sent again if the connection ends
+        self.unacked_receipts: dict[int, tuple[PDU, int]] = {}
 
     def send(self, pdu: PDU) -> None:
         if self.writer.is_closing():
@@ -123,6 +125,9 @@ class Connection:
             self.sim.connections.discard(self)
             self.writer.close()
             self.sim.log.note("disconnected", connection=self.number)
+            unacked, self.unacked_receipts = self.unacked_receipts, {}
+            for submit, number in unacked.values():
+                self.sim.send_receipt(submit, number)
 
     def handle(self, raw: bytes) -> None:
         command_id = int.from_bytes(raw[4:8], "big")
@@ -178,6 +183,7 @@ class Simulator:
             connection.close()
         elif command == "deliver_sm_resp":
             self.counts["delivered_acked"] += 1
+            connection.unacked_receipts.pop(pdu.sequence, None)
 
     def on_bind(self, connection: Connection, pdu: PDU) -> None:
         system_id = (pdu.system_id or b"").decode("latin-1")
@@ -252,6 +258,7 @@ class Simulator:
                if self.behaviour.receipt_tlvs else {}),
         )
         connection.send(receipt)
+        connection.unacked_receipts[receipt.sequence] = (submit, number)
         self.counts["receipts_sent"] += 1
 
     def inject(self, source: str, destination: str, text: str, only_parts: set[int] | None = None) -> int:
