@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import psycopg
 import pytest
 
 from smsbus.encoding import Encoding, join_payloads, split_user_data
-from tests.peers.processes import ServiceProcess, start_service
+from tests.peers.processes import ServiceProcess, free_port, start_service
 from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -101,6 +103,17 @@ def statuses(conn: Conn, channel: str = "sim") -> dict[str, int]:
         {"c": channel},
     )
     return {r["status"]: r["n"] for r in rows}
+
+
+def messages_moved(metrics_port: int, channel: str = "sim") -> dict[str, float]:
+    """smsbus_messages_total of the channel, by status, as its /metrics serves them."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    moved = {}
+    for labels, value in re.findall(r"^smsbus_messages_total\{(.*)\} (\S+)$", text, re.MULTILINE):
+        series = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if series["channel"] == channel:
+            moved[series["status"]] = float(value)
+    return moved
 
 
 def reassembled(submits: list[dict[str, Any]], encoding: Encoding) -> str:
@@ -192,7 +205,8 @@ def test_long_gsm_and_emoji_texts_arrive_as_concatenated_parts(
 def test_incoming_single_and_concatenated_messages_become_received_rows(
     conn: Conn, smsc: Smsc, broker: ServiceProcess, start_channel: Callable[..., ServiceProcess]
 ) -> None:
-    add_channel(conn, smsc, reassembly_timeout_s=1)
+    metrics_port = free_port()
+    add_channel(conn, smsc, reassembly_timeout_s=1, metrics_port=metrics_port)
     start_channel()
     smsc.wait_bound()
     long_text = "This is a long incoming message with € and [brackets] " * 5
@@ -213,6 +227,8 @@ def test_incoming_single_and_concatenated_messages_become_received_rows(
     assert incomplete["parts"] == 2 and incomplete["error"] == "incomplete: part(s) 2 of 3 never arrived"
     acknowledged = wait_for(lambda: smsc.stats()["delivered_acked"] == 5 or None, what="deliver_sm_resp")
     assert acknowledged
+    # the incomplete one counted too, when the reassembly timeout stored it
+    wait_for(lambda: messages_moved(metrics_port) == {"RECEIVED": 3}, what="3 RECEIVED counted")
 
 
 def test_an_incoming_message_the_table_refuses_is_answered_with_an_error_and_logged(
@@ -234,7 +250,8 @@ def test_an_incoming_message_the_table_refuses_is_answered_with_an_error_and_log
 def test_throttling_and_temporary_errors_retry_permanent_fails_missing_receipt_is_noreport(
     conn: Conn, smsc: Smsc, broker: ServiceProcess, start_channel: Callable[..., ServiceProcess]
 ) -> None:
-    add_channel(conn, smsc, report_timeout_s=1)
+    metrics_port = free_port()
+    add_channel(conn, smsc, report_timeout_s=1, metrics_port=metrics_port)
     channel = start_channel()
     smsc.wait_bound()
 
@@ -260,6 +277,9 @@ def test_throttling_and_temporary_errors_retry_permanent_fails_missing_receipt_i
     assert unreported["error"] == "no delivery receipt within the report timeout"
     assert channel.process.poll() is None
     assert "throttled channel=sim" in channel.log()
+    # every move as the SQL made it: 1 throttled + 1 temporary + 4 given up on = 6 requeues
+    expected = {"QUEUED": 6, "SENT": 3, "DELIVERED": 2, "FAILED": 2, "NOREPORT": 1}
+    wait_for(lambda: messages_moved(metrics_port) == expected, what=f"moves counted as {expected}")
 
 
 def test_undelivered_part_makes_the_message_notdelivered_and_early_receipts_apply(
@@ -311,6 +331,26 @@ def test_connection_dropped_mid_burst_reconnects_and_loses_nothing(
     assert set(statuses(conn)) <= {"SENT", "DELIVERED"}
 
 
+def test_the_database_connection_lost_mid_burst_is_reconnected_and_loses_nothing(
+    conn: Conn, smsc: Smsc, broker: ServiceProcess, start_channel: Callable[..., ServiceProcess]
+) -> None:
+    add_channel(conn, smsc)
+    channel = start_channel()
+    smsc.wait_bound()
+    smsc.command("latency 50")  # 200 submits/s: the burst lasts well beyond the kill
+    for i in range(300):
+        send(conn, f"message {i}")
+    wait_for(lambda: statuses(conn).get("DELIVERED", 0) >= 20 or None, what="20 DELIVERED")
+    # the main loop's connection (not the ownership lock's): reconnected with backoff
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'channel-smpp-sim' AND datname = current_database()"
+    )
+    wait_for(lambda: statuses(conn) == {"DELIVERED": 300} or None, timeout_s=60, what="300 DELIVERED")
+    assert "database connection lost" in channel.log()
+    assert channel.process.poll() is None
+
+
 def test_rate_limit_spaces_the_submits(
     conn: Conn, smsc: Smsc, broker: ServiceProcess, start_channel: Callable[..., ServiceProcess]
 ) -> None:
@@ -348,7 +388,9 @@ def test_kill_9_mid_burst_then_restart_leaves_nothing_sending(
     ids = [send(conn, f"burst {i}") for i in range(40)]
     # a full window on the wire, and (at-least-once only) two windows claimed ahead
     on_wire_and_ahead = 30 if on_unknown == "requeue" else 10
-    wait_for(lambda: statuses(conn).get("SENDING") == on_wire_and_ahead or None, what="messages SENDING")
+    # claimed is not yet on the wire (a claim commits before its submits go out): wait for both
+    wait_for(lambda: (statuses(conn).get("SENDING") == on_wire_and_ahead
+                      and smsc.stats()["max_pending_responses"] == 10) or None, what="a full window on the wire")
     channel.kill()
     assert statuses(conn)["SENDING"] == on_wire_and_ahead
     assert smsc.stats()["max_pending_responses"] == 10

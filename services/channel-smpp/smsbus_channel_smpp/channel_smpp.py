@@ -33,6 +33,7 @@ from smsbus.bus import STATUS, Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, SmppSettings, start_channel
 from smsbus.encoding import Encoding, TextNotEncodable, choose_encoding, segment_text, split_user_data
 from smsbus.loop import Connection, LoopSettings, Watch, run
+from smsbus.statuses import Status
 from smsbus_channel_smpp import inbox, outbox
 from smsbus_channel_smpp.command_status import (
     ESME_ROK,
@@ -337,9 +338,12 @@ class SmppChannel:
         self._report_health(conn)
 
     def _reset(self, reason: str) -> None:
-        """Close every session; what was on the wire has an unknown outcome."""
+        """Close every session; what was on the wire has an unknown outcome. deliver_sm not
+        stored yet are forgotten: never acknowledged, the SMSC sends them again (storing
+        them now could store a message twice)."""
         for session in self._sessions():
             session.close()
+        self.incoming.clear()
         self.transmitter = self.receiver = None
         self.next_connect_at = time.monotonic() + self.backoff.next_delay()
         on_wire = {p.message_id for p in self.outstanding.values()}
@@ -367,28 +371,42 @@ class SmppChannel:
     # -- reading PDUs --------------------------------------------------------------------
 
     def _on_readable(self, session: Session, events: int) -> bool:
-        try:
-            session.receive_available()
-        except SessionError as e:
-            self._reset(str(e))
+        if session in self._sessions():
+            self._read(session)
         return True
 
     def _read_sessions(self) -> int:
         handled = 0
         for session in self._sessions():
-            try:
-                session.receive_available()
-                while (pdu := session.next_pdu()) is not None:
-                    self._dispatch(session, pdu)
-                    handled += 1
-            except ProtocolError as e:
-                PROTOCOL_ERRORS.labels(**self.labels).inc()
-                log.error("garbage from the SMSC channel=%s error=%s: resetting the connection", self.name, e)
-                self._reset(f"protocol error: {e}")
-                return handled + 1
-            except SessionError as e:
-                self._reset(str(e))
-                return handled + 1
+            # a reset closed them all: nothing more to read
+            if session in self._sessions():
+                handled += self._read(session)
+        return handled
+
+    def _read(self, session: Session) -> int:
+        """Dispatch what the session received (no database needed). PDUs that came before
+        the connection ended are dispatched before the reset: a response or a receipt in
+        them is recorded, not lost."""
+        handled = 0
+        ended: SessionError | None = None
+        try:
+            session.receive_available()
+        except SessionError as e:
+            ended = e
+        try:
+            while (pdu := session.next_pdu()) is not None:
+                self._dispatch(session, pdu)
+                handled += 1
+        except ProtocolError as e:
+            PROTOCOL_ERRORS.labels(**self.labels).inc()
+            log.error("garbage from the SMSC channel=%s error=%s: resetting the connection", self.name, e)
+            self._reset(f"protocol error: {e}")
+            return handled + 1
+        except SessionError as e:
+            ended = e
+        if ended is not None:
+            self._reset(str(ended))
+            return handled + 1
         return handled
 
     def _dispatch(self, session: Session, pdu: PDU) -> None:
@@ -473,7 +491,7 @@ class SmppChannel:
             with contextlib.nullcontext() if messages_in else conn.pipeline(), conn.transaction():
                 if incoming:
                     conn.execute(outbox.COMMIT_DURABLY)
-                self._record_outcomes(conn, finished)
+                sent_move = self._record_outcomes(conn, finished)
                 self._record_unknown(conn, unknown)
                 claimed = outbox.claim_queued(conn, self.name, self.owner, room, self.settings.lease_s) if room else []
                 latencies = self._take_early_receipts(conn, finished)
@@ -483,6 +501,8 @@ class SmppChannel:
             self.finished, self.unknown = finished + self.finished, unknown + self.unknown
             self.incoming = incoming + self.incoming
             raise
+        if sent_move is not None:
+            self._count(Status.SENT, max(0, sent_move.rowcount))
         self._observe_receipts(latencies)
         self._acknowledge(responses)
         return sent + len(finished) + len(unknown) + len(incoming) + self._prepare_and_send(claimed, room)
@@ -509,7 +529,7 @@ class SmppChannel:
         if not self.early_receipts_waiting or self.settings.registered_delivery == 0:
             return []
         provider_ids = [pid for f in finished if f.error_status is None for pid in f.provider_ids.values()]
-        return inbox.apply_early_receipts(conn, self.name, provider_ids) if provider_ids else []
+        return self._applied(inbox.apply_early_receipts(conn, self.name, provider_ids)) if provider_ids else []
 
     def _worth_a_round_trip(self, room: int) -> bool:
         """Batches, not a transaction per response: while submits are outstanding, wait
@@ -556,10 +576,15 @@ class SmppChannel:
         receipts: list[Receipt] = []
         for session, pdu in incoming:
             responses.append((session, pdu, self._store_incoming(conn, pdu, receipts)))
-        latencies, kept = inbox.apply_receipts(conn, self.name, receipts, self.settings.receipt_id_format)
-        if kept:
+        return self._applied(inbox.apply_receipts(conn, self.name, receipts, self.settings.receipt_id_format))
+
+    def _applied(self, applied: inbox.Applied) -> list[float]:
+        """Receipts applied: the moves counted, kept ones remembered; their latencies."""
+        for status, moved in applied.moved.items():
+            self._count(status, moved)
+        if applied.kept:
             self.early_receipts_waiting = True
-        return latencies
+        return applied.latencies
 
     def _acknowledge(self, responses: list[tuple[Session, PDU, int]]) -> None:
         """deliver_sm_resp, only now that what they acknowledge is committed."""
@@ -574,32 +599,48 @@ class SmppChannel:
         for latency in latencies:
             SUBMIT_RECEIPT_SECONDS.labels(**self.labels).observe(latency)
 
-    def _record_outcomes(self, conn: Connection, finished: list[InFlight]) -> None:
+    def _record_outcomes(self, conn: Connection, finished: list[InFlight]) -> Any:
+        """Returns the SENT move's cursor (or None): in pipeline mode its rowcount is known
+        only once the pipeline has synced."""
+        moved = None
         sent = [(f.message.id, [f.provider_ids[n] for n in range(1, len(f.pdus) + 1)])
                 for f in finished if f.error_status is None and f.failure is None and f.sent_parts]
         if sent:
-            outbox.record_sent(conn, self.name, sent, receipts_expected=self.settings.registered_delivery > 0)
+            moved = outbox.record_sent(conn, self.name, sent, receipts_expected=self.settings.registered_delivery > 0)
             log.debug("sent channel=%s messages=%d", self.name, len(sent))
         for flight in finished:
             if flight.failure is not None:
-                outbox.record_failed(conn, [flight.message.id], flight.failure)
+                self._record_failed(conn, [flight.message.id], flight.failure)
             elif flight.sent_parts == 0 and flight.error_status is None:
                 # claimed but never on the wire: back to the queue untouched
-                outbox.requeue(conn, [flight.message.id], error=flight.message.error, delay_s=0, counted=False,
+                self._requeue(conn, [flight.message.id], error=flight.message.error, delay_s=0, counted=False,
                                ack_status="N/A")
             elif flight.error_status is not None:
                 self._record_error(conn, flight)
+        return moved
+
+    def _record_failed(self, conn: Connection, ids: list[int], error: str) -> None:
+        self._count(Status.FAILED, len(outbox.record_failed(conn, ids, error)))
+
+    def _requeue(self, conn: Connection, ids: list[int], **how: Any) -> None:
+        self._count(Status.QUEUED, len(outbox.requeue(conn, ids, **how)))
+
+    def _count(self, status: Status, moved: int) -> None:
+        """smsbus_messages_total: the rows a statement moved, counted as it runs (a batch
+        whose commit fails and is recorded again is counted twice: rare, and visible)."""
+        if moved:
+            metrics.MESSAGES.labels(status.value, self.name).inc(moved)
 
     def _record_error(self, conn: Connection, flight: InFlight) -> None:
         assert flight.error_status is not None and flight.error_class is not None
         error = f"submit_sm_resp {describe(flight.error_status)}"
         message = flight.message
         if flight.error_class is ErrorClass.PERMANENT:
-            outbox.record_failed(conn, [message.id], error)
+            self._record_failed(conn, [message.id], error)
             log.info("failed id=%s channel=%s error=%s", message.id, self.name, error)
         elif flight.error_class is ErrorClass.THROTTLING:
             delay = max(0.0, self.throttled_until - time.monotonic())
-            outbox.requeue(conn, [message.id], error=error, delay_s=delay, counted=False, ack_status="NACK")
+            self._requeue(conn, [message.id], error=error, delay_s=delay, counted=False, ack_status="NACK")
             self._retry_due(delay)
             RETRIES.labels(self.name, "throttling").inc()
         else:
@@ -613,7 +654,7 @@ class SmppChannel:
         """SPEC §4: an outcome nobody knows is sent again (at-least-once) or failed."""
         error = "outcome unknown: the connection or process ended before submit_sm_resp"
         if self.settings.on_unknown == "fail":
-            outbox.record_failed(conn, [message_id], error + " (on_unknown = fail)")
+            self._record_failed(conn, [message_id], error + " (on_unknown = fail)")
             return
         self._retry_or_fail(conn, outbox.Claimed(message_id, None, "", "", {}, attempts, created_at, None), error,
                             reason="unknown", delay_s=0.0)
@@ -623,11 +664,11 @@ class SmppChannel:
         attempts = message.attempts + 1
         age_s = (time.time() - message.created_at.timestamp())
         if attempts >= self.settings.max_attempts or age_s > self.settings.max_age_s:
-            outbox.record_failed(conn, [message.id], f"gave up after {attempts} attempts: {error}")
+            self._record_failed(conn, [message.id], f"gave up after {attempts} attempts: {error}")
             return
         if delay_s is None:
             delay_s = min(self.settings.retry_max_s, self.settings.retry_initial_s * 2 ** (attempts - 1))
-        outbox.requeue(conn, [message.id], error=error, delay_s=delay_s, counted=True, ack_status="NACK")
+        self._requeue(conn, [message.id], error=error, delay_s=delay_s, counted=True, ack_status="NACK")
         self._retry_due(delay_s)
         RETRIES.labels(self.name, reason).inc()
 
@@ -670,6 +711,7 @@ class SmppChannel:
                 )
                 stored = inbox.store_incoming(conn, self.name, message, concatenation)
                 if stored is not None:
+                    self._count(Status.RECEIVED, 1)
                     log.info("received id=%s channel=%s", stored, self.name)
                 return ESME_ROK
         except ValueError as e:
@@ -757,6 +799,8 @@ class SmppChannel:
         with conn.transaction():
             overdue = inbox.mark_overdue(conn, self.name, self.row.report_timeout)
             stale = inbox.store_stale_incomplete(conn, self.name, self.settings.reassembly_timeout_s)
+            self._count(Status.NOREPORT, len(overdue))
+            self._count(Status.RECEIVED, len(stale))
             if now >= self.next_lease_renewal_at:
                 held = list(self.in_flight) + [f.message.id for f in self.finished + self.unknown]
                 outbox.renew_leases(conn, held, self.owner, self.settings.lease_s)

@@ -6,8 +6,9 @@ submit_sm_resp is recorded, and incoming messages (concatenated ones reassembled
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +53,8 @@ WHERE channel = %(channel)s AND received_at < now() - %(report_timeout)s::interv
 # one row per message: delivered when every part is, failed as soon as one part is
 SUMMARISE_PARTS = """
 SELECT message_id,
-       bool_and(receipt_state = 'DELIVRD') AS delivered,
+       -- a part without its receipt yet is not delivered (bool_and alone skips NULLs)
+       bool_and(coalesce(receipt_state = 'DELIVRD', false)) AS delivered,
        bool_or(receipt_state = ANY(%(failed_states)s)) AS failed,
        string_agg('part ' || part_number || ' ' || receipt_state, ', ' ORDER BY part_number)
            FILTER (WHERE receipt_state = ANY(%(failed_states)s)) AS failures
@@ -105,6 +107,16 @@ WHERE channel = %(channel)s AND received_at < now() - make_interval(secs => %(ti
 """
 
 
+@dataclass
+class Applied:
+    """What applying receipts did: each matched part's submit-to-receipt seconds, how many
+    receipts were kept for later, and how many messages moved into each status."""
+
+    latencies: list[float] = field(default_factory=list)
+    kept: int = 0
+    moved: Counter[Status] = field(default_factory=Counter)
+
+
 @dataclass(frozen=True)
 class Incoming:
     from_address: str
@@ -115,13 +127,12 @@ class Incoming:
 
 def apply_receipts(
     conn: Connection, channel: str, receipts: Iterable[Receipt], receipt_id_format: str
-) -> tuple[list[float], int]:
+) -> Applied:
     """Match the final receipts to their parts (one statement), keep the unmatched ones for
-    later, then move the messages they complete. Returns each matched part's
-    submit-to-receipt seconds, and how many receipts were kept for later."""
+    later, then move the messages they complete."""
     final = [r for r in receipts if r.is_final]
     if not final:
-        return [], 0
+        return Applied()
     keys = [receipt_key(r, receipt_id_format) for r in final]
     rows = conn.execute(APPLY_RECEIPTS, {
         "channel": channel,
@@ -141,21 +152,21 @@ def apply_receipts(
             "states": [r.state for r in unmatched.values()],
             "errors": [r.error for r in unmatched.values()],
         })
-    if rows:
-        conclude(conn, sorted({row["message_id"] for row in rows}))
-    return latencies, len(unmatched)
+    moved = conclude(conn, sorted({row["message_id"] for row in rows})) if rows else Counter()
+    return Applied(latencies, len(unmatched), moved)
 
 
-def apply_early_receipts(conn: Connection, channel: str, provider_ids: Iterable[str]) -> list[float]:
+def apply_early_receipts(conn: Connection, channel: str, provider_ids: Iterable[str]) -> Applied:
     """After parts were recorded: the receipts that came first (kept under the recorded
     form of their id) are applied now."""
     rows = conn.execute(TAKE_EARLY_RECEIPTS, {"channel": channel, "provider_ids": sorted(set(provider_ids))}).fetchall()
     kept = [Receipt(r["provider_id"], r["state"], r["error"]) for r in rows]
-    latencies, _ = apply_receipts(conn, channel, kept, "same")
-    return latencies
+    return apply_receipts(conn, channel, kept, "same")
 
 
-def conclude(conn: Connection, message_ids: Sequence[int]) -> None:
+def conclude(conn: Connection, message_ids: Sequence[int]) -> Counter[Status]:
+    """The messages whose parts all have their receipt: DELIVERED or NOTDELIVERED; returns
+    how many moved into each."""
     params = {"ids": list(message_ids), "failed_states": sorted(FAILED_STATES)}
     delivered, failed = [], []
     for row in conn.execute(SUMMARISE_PARTS, params).fetchall():
@@ -164,15 +175,21 @@ def conclude(conn: Connection, message_ids: Sequence[int]) -> None:
         elif row["delivered"]:
             delivered.append(row["message_id"])
     now = datetime.now(UTC)
+    moved: Counter[Status] = Counter()
     # SENT usually; NOREPORT when the receipt came after the report timeout
     if delivered:
-        late = set(delivered) - set(queue.move(conn, delivered, Status.SENT, Status.DELIVERED, report_at=now))
+        on_time = queue.move(conn, delivered, Status.SENT, Status.DELIVERED, report_at=now)
+        late = set(delivered) - set(on_time)
+        moved[Status.DELIVERED] += len(on_time)
         if late:
-            queue.move(conn, sorted(late), Status.NOREPORT, Status.DELIVERED, report_at=now)
+            moved[Status.DELIVERED] += len(
+                queue.move(conn, sorted(late), Status.NOREPORT, Status.DELIVERED, report_at=now))
     for message_id, error in failed:
         for source in (Status.SENT, Status.NOREPORT):
             if queue.move(conn, [message_id], source, Status.NOTDELIVERED, report_at=now, error=error):
+                moved[Status.NOTDELIVERED] += 1
                 break
+    return moved
 
 
 def mark_overdue(conn: Connection, channel: str, report_timeout: Any) -> list[int]:

@@ -114,16 +114,17 @@ def claim_queued(conn: Connection, channel: str, owner: str, limit: int, lease_s
 
 def record_sent(
     conn: Connection, channel: str, sent: Sequence[tuple[int, list[str]]], receipts_expected: bool
-) -> None:
+) -> Any:
     """(message id, provider id per part) for messages the SMSC accepted. Fetches nothing,
-    so that in pipeline mode it costs no round trip of its own."""
+    so that in pipeline mode it costs no round trip of its own: returns the move's cursor,
+    whose rowcount (once the pipeline synced) says how many moved."""
     check_move(Status.SENDING, Status.SENT)
     params = {
         "ids": [message_id for message_id, _ in sent],
         "provider_ids": [ids[0] for _, ids in sent],
         "parts": [len(ids) for _, ids in sent],
     }
-    conn.execute(RECORD_SENT, params)
+    moved = conn.execute(RECORD_SENT, params)
     if receipts_expected:
         parts = [(message_id, number, pid) for message_id, ids in sent for number, pid in enumerate(ids, 1)]
         conn.execute(
@@ -135,6 +136,7 @@ def record_sent(
                 "provider_ids": [p[2] for p in parts],
             },
         )
+    return moved
 
 
 def record_failed(conn: Connection, ids: Sequence[int], error: str) -> list[int]:
