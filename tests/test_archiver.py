@@ -8,7 +8,6 @@ import os
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from smsbus.archive import (
 )
 from smsbus.errors import ConfigError
 from tests.conftest import url_for
+from tests.peers.metrics import value
 from tests.peers.processes import BIN_DIR, ServiceProcess, free_port, start_service
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -387,14 +387,6 @@ def test_listing_an_archive_database_the_archiver_never_ran_on_says_so(
 # -- the service, as supervisord runs it ---------------------------------------------------
 
 
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exported:\n{text}")
-
-
 def wait_until(condition: Callable[[], bool], what: str, process: ServiceProcess, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -421,9 +413,9 @@ def test_the_service_archives_on_its_timer_deletes_expired_and_exports_metrics(
     try:
         wait_until(lambda: archived_ids(conn) == archived, "the archive", archiver)
         wait_until(lambda: "archive pass finished" in archiver.log(), "a finished pass", archiver)
-        assert metric(port, "smsbus_archiver_archived_total") == 120
-        assert metric(port, "smsbus_archiver_retention_deleted_total") == 5
-        assert 3500 < metric(port, "smsbus_archiver_oldest_waiting_age_seconds") < 3700
+        assert value(port, "smsbus_archiver_archived_total") == 120
+        assert value(port, "smsbus_archiver_retention_deleted_total") == 5
+        assert 3500 < value(port, "smsbus_archiver_oldest_waiting_age_seconds") < 3700
         # on its timer: a message that becomes old enough is taken without a restart
         late = add_messages(conn, 1)
         wait_until(lambda: archived_ids(conn) == archived + late, "the timer", archiver)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from smsbus.bus import Listener, Notification, Publisher, Subscriber, notify_status_update
 from smsbus.config import BusSettings
+from tests.peers.metrics import value
 from tests.peers.processes import ServiceProcess, environment_bus, start_service
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -71,15 +71,6 @@ def receive_line(listener: Listener, topic: str, timeout_s: float = 2.0) -> Noti
         if got is not None and got.topic == topic:
             return got
     raise AssertionError(f"no {topic!r} line within {timeout_s} s")
-
-
-def metric(env: dict[str, str], name: str, labels: str) -> float:
-    port = env["SMSBUS_BROKER_METRICS_PORT"]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def test_plain_sql_insert_reaches_zeromq_subscriber_and_tcp_listener(
@@ -163,10 +154,11 @@ def test_garbage_junk_and_a_slow_listener_disturb_nobody(
     # the good listener lost nothing although the slow one stalled
     assert {i * 1000 + j for i in range(2000) for j in range(150)} <= received_ids
     assert broker.process.poll() is None
-    assert metric(service_env, "smsbus_broker_malformed_total", 'source="udp"') == len(garbage)
-    assert metric(service_env, "smsbus_broker_malformed_total", 'source="tcp"') == 3
+    port = int(service_env["SMSBUS_BROKER_METRICS_PORT"])
+    assert value(port, "smsbus_broker_malformed_total", source="udp") == len(garbage)
+    assert value(port, "smsbus_broker_malformed_total", source="tcp") == 3
     # the junk sender never reads either: both stalled connections are dropped
-    assert metric(service_env, "smsbus_broker_listeners_dropped_total", 'reason="slow"') == 2
+    assert value(port, "smsbus_broker_listeners_dropped_total", reason="slow") == 2
     assert "malformed notification" in broker.log()
     slow.close()
     junk.close()

@@ -18,6 +18,7 @@ import pytest
 
 from smsbus_channel_gsm import pdu
 from smsbus_channel_gsm.channel_gsm import pdu_key
+from tests.peers.metrics import value
 from tests.peers.modem import EmulatedModem
 from tests.peers.processes import ServiceProcess, free_port, start_service
 
@@ -161,9 +162,7 @@ def test_failed_report_is_notdelivered_and_a_missing_one_noreport(
 
 def messages_metric(port: int, status: str) -> float:
     """smsbus_messages_total{status,channel} of the channel's /metrics (0 before the first)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    series = f'smsbus_messages_total{{channel="{CHANNEL}",status="{status}"}} '
-    return next((float(line[len(series) :]) for line in text.splitlines() if line.startswith(series)), 0.0)
+    return value(port, "smsbus_messages_total", channel=CHANNEL, status=status)
 
 
 def test_a_long_message_is_delivered_only_when_every_part_is(

@@ -9,17 +9,16 @@ import os
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg.rows import dict_row
 
 from smsbus import channel_health
+from tests.peers.metrics import Series, scrape, series
 from tests.peers.processes import BIN_DIR, ServiceProcess, free_port, start_service
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -158,23 +157,6 @@ SELECT status, channel, count(*) AS n FROM messages GROUP BY status, channel
 def decided_by(port: int) -> int:
     """How many messages this router process decided on, from its own metrics."""
     return int(sum(value for (name, _), value in scrape(port).items() if name == "smsbus_messages_total"))
-
-
-Series = tuple[str, frozenset[tuple[str, str]]]
-
-
-def scrape(port: int) -> dict[Series, float]:
-    """A process's /metrics: the value of every sample by (name, labels)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def series(name: str, **labels: str) -> Series:
-    return name, frozenset(labels.items())
 
 
 def wait_for_metrics(port: int, expected: dict[Series, float], router: ServiceProcess, timeout_s: float = 10) -> None:

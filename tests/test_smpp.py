@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import psycopg
 import pytest
 
 from smsbus.encoding import Encoding, join_payloads, split_user_data
+from tests.peers.metrics import scrape
 from tests.peers.processes import ServiceProcess, free_port, start_service
 from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 
@@ -107,13 +106,9 @@ def statuses(conn: Conn, channel: str = "sim") -> dict[str, int]:
 
 def messages_moved(metrics_port: int, channel: str = "sim") -> dict[str, float]:
     """smsbus_messages_total of the channel, by status, as its /metrics serves them."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    moved = {}
-    for labels, value in re.findall(r"^smsbus_messages_total\{(.*)\} (\S+)$", text, re.MULTILINE):
-        series = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if series["channel"] == channel:
-            moved[series["status"]] = float(value)
-    return moved
+    samples = scrape(metrics_port).items()
+    return {dict(labels)["status"]: value for (name, labels), value in samples
+            if name == "smsbus_messages_total" and ("channel", channel) in labels}
 
 
 def reassembled(submits: list[dict[str, Any]], encoding: Encoding) -> str:
