@@ -4,6 +4,7 @@ simulator, without touching any other program."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 
 from smsbus.supervisor import Supervisor
 from tests.peers.cli import Result, program_states
+from tests.peers.metrics import value
+from tests.peers.processes import free_port
 from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 from tests.test_smpp import send, wait_for, wait_status
 
@@ -52,17 +55,24 @@ def test_the_smpp_program_follows_the_table_under_supervisord(
     smsbus: Callable[..., Result], conn: Conn, supervisord: Supervisor, smsc: Smsc
 ) -> None:
     others = program_states(supervisord)
+    metrics_port = free_port()
     added = smsbus("channels", "add", "smpp", "sim", "--host", "127.0.0.1", "--port", str(smsc.port),
-                   "--system-id", SYSTEM_ID, "--password", PASSWORD, "--set", "poll_interval_s=0.2")
+                   "--system-id", SYSTEM_ID, "--password", PASSWORD, "--set", "poll_interval_s=0.2",
+                   "--set", f"metrics_port={metrics_port}")
     assert added.returncode == 0, added.stderr
     assert "started program channel-sim" in added.stdout
     smsc.wait_bound()
     wait_status(conn, send(conn, "through the supervised SMPP channel"), "DELIVERED")
+    # Prometheus finds the channel through the file_sd targets that deploy/prometheus.yml reads
+    [target] = json.loads(supervisord.paths.channel_targets.read_text())
+    assert target == {"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"channel": "sim", "channel_type": "smpp"}}
+    assert value(metrics_port, "smsbus_messages_total", status="DELIVERED", channel="sim") == 1
 
     disabled = smsbus("channels", "disable", "sim")
     assert "stopped program channel-sim" in disabled.stdout
     assert "channel-sim" not in program_states(supervisord)
     assert program_states(supervisord) == others
+    assert json.loads(supervisord.paths.channel_targets.read_text()) == []
     # the program unbound on its way out
     wait_for(lambda: not [b for b in smsc.stats()["bound"] if b != "-"] or None, what="unbound")
     assert "unbind" in [p["command"] for p in smsc.pdus("in")]

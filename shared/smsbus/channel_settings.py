@@ -140,10 +140,11 @@ class GsmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # each channel type adds its Struct here
-SETTINGS_TYPES: dict[str, type[msgspec.Struct]] = {"smpp": SmppSettings, "gsm": GsmSettings}
+AnyChannelSettings = SmppSettings | GsmSettings
+SETTINGS_TYPES: dict[str, type[AnyChannelSettings]] = {"smpp": SmppSettings, "gsm": GsmSettings}
 
 
-def validate_settings(channel_type: str, settings: dict[str, Any]) -> msgspec.Struct:
+def validate_settings(channel_type: str, settings: dict[str, Any]) -> AnyChannelSettings:
     """The settings as their type's Struct; ConfigError names the field that is wrong."""
     struct = SETTINGS_TYPES.get(channel_type)
     if struct is None:

@@ -114,10 +114,12 @@ def enabled_programs(conn: psycopg.Connection[Any]) -> list[ChannelProgram]:
     programs = []
     for row in conn.execute(SELECT_ENABLED):
         try:
-            stop_wait_s = stop_wait_seconds(validate_settings(row["type"], row["settings"]))
+            settings = validate_settings(row["type"], row["settings"])
         except SmsbusError:
-            stop_wait_s = DEFAULT_STOP_WAIT_S
-        programs.append(ChannelProgram(row["name"], row["type"], stop_wait_s))
+            programs.append(ChannelProgram(row["name"], row["type"], DEFAULT_STOP_WAIT_S))
+            continue
+        programs.append(ChannelProgram(row["name"], row["type"], stop_wait_seconds(settings),
+                                       metrics_port=settings.metrics_port))
     return programs
 
 

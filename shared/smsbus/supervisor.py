@@ -4,8 +4,10 @@ over its own XML-RPC interface (the same one supervisorctl uses).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import socket
 import string
 import subprocess
 import sys
@@ -40,6 +42,8 @@ class Paths:
         self.socket = self.run_dir / "supervisor.sock"
         self.pidfile = self.run_dir / "supervisord.pid"
         self.channels_conf = self.run_dir / "channels.conf"
+        # Prometheus file_sd targets: the channels that serve metrics (deploy/prometheus.yml)
+        self.channel_targets = self.run_dir / "prometheus-channels.json"
 
 
 def render_config(settings: Settings, *, nodaemon: bool) -> Path:
@@ -68,6 +72,8 @@ class ChannelProgram:
     name: str
     type: str
     stop_wait_s: int
+    # where the channel serves /metrics; 0: it does not
+    metrics_port: int = 0
 
     @property
     def program(self) -> str:
@@ -75,7 +81,10 @@ class ChannelProgram:
 
 
 def render_channel_programs(settings: Settings, channels: Iterable[ChannelProgram]) -> Path:
+    """channels.conf for supervisord, and the channels' metrics endpoints for Prometheus
+    (file_sd: Prometheus rereads the file when it changes, no reload needed)."""
     paths = Paths(settings)
+    channels = list(channels)
     template = _template(settings, CHANNEL_TEMPLATE)
     common = {"log_dir": str(paths.log_dir), "bin_dir": str(Path(sys.executable).parent)}
     text = "\n".join(
@@ -83,7 +92,20 @@ def render_channel_programs(settings: Settings, channels: Iterable[ChannelProgra
         for c in channels
     )
     paths.channels_conf.write_text(text)
+    targets = [
+        {"targets": [f"{_reachable(settings.metrics_host)}:{c.metrics_port}"],
+         "labels": {"channel": c.name, "channel_type": c.type}}
+        for c in channels if c.metrics_port
+    ]
+    written = paths.channel_targets.with_suffix(".tmp")
+    written.write_text(json.dumps(targets, indent=2) + "\n")
+    written.replace(paths.channel_targets)  # never a half-written file for Prometheus to read
     return paths.channels_conf
+
+
+def _reachable(bind_host: str) -> str:
+    """The address to scrape a server bound to bind_host at: the host's name for a wildcard."""
+    return socket.getfqdn() if bind_host in ("", "0.0.0.0", "::") else bind_host
 
 
 def _render_postgres(settings: Settings, paths: Paths) -> str:
