@@ -25,6 +25,14 @@ MESSAGES = prometheus_client.Counter(
     "smsbus_messages_total", "Messages moved into a status by this service", ["status", "channel"]
 )
 
+def count_moves(status: str, channel: str, moved: int) -> None:
+    """smsbus_messages_total: `moved` rows one statement moved into `status`, counted where the
+    move is recorded, before its commit (a batch that fails and is recorded again counts twice:
+    rare, and visible). No rows, no series."""
+    if moved:
+        MESSAGES.labels(status, channel).inc(moved)
+
+
 # every channel type's process, one series per channel (the router reads channel_health)
 CHANNEL_CONNECTED = prometheus_client.Gauge(
     "smsbus_channel_connected", "1 while the channel can send (SMPP: bound; GSM: answering and registered)", ["channel"]

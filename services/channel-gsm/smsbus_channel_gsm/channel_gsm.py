@@ -578,7 +578,7 @@ class GsmChannel:
                     lease_owner=None,
                     lease_until=None,
                 )
-                metrics.MESSAGES.labels(Status.QUEUED, self.name).inc(len(requeued))
+                metrics.count_moves(Status.QUEUED, self.name, len(requeued))
             for message in claimed:
                 outcome = outcomes.get(message.id)
                 if isinstance(outcome, Refused | Unknown):
@@ -717,7 +717,7 @@ class GsmChannel:
         partly_sent = [m.id for m, outcome in sent if len(outcome.references) > 1 or m.partial is not None]
         if partly_sent:
             conn.execute(FORGET_PARTIAL_SENDS, {"ids": partly_sent})
-        metrics.MESSAGES.labels(Status.SENT, self.name).inc(len(moved))
+        metrics.count_moves(Status.SENT, self.name, len(moved))
         for row in moved:
             log.info("sent id=%d channel=%s parts=%d", row["id"], self.name, row["parts"])
 
@@ -755,7 +755,7 @@ class GsmChannel:
             delay = min(self.settings.retry_max_s, self.settings.retry_initial_s * 2 ** (attempts - 1))
             changes.update(ack_status="N/A", next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
         moved = queue.move(conn, [message.id], Status.SENDING, target, **changes)
-        metrics.MESSAGES.labels(target, self.name).inc(len(moved))
+        metrics.count_moves(target, self.name, len(moved))
         log.warning("not sent id=%d channel=%s attempts=%d error=%s", message.id, self.name, attempts, outcome.error)
 
     # --- status reports -----------------------------------------------------------------------
@@ -788,7 +788,7 @@ class GsmChannel:
             return
         for source in (Status.SENT, Status.NOREPORT):
             if queue.move(conn, [message_id], source, target, report_at=datetime.now(UTC), error=error):
-                metrics.MESSAGES.labels(target, self.name).inc()
+                metrics.count_moves(target, self.name, 1)
                 log.info("report id=%d channel=%s status=%s", message_id, self.name, target)
 
     def sweep(self, conn: Connection) -> None:
@@ -802,7 +802,7 @@ class GsmChannel:
                 moved = queue.move(
                     conn, overdue, Status.SENT, Status.NOREPORT, error="no status report within the report timeout"
                 )
-                metrics.MESSAGES.labels(Status.NOREPORT, self.name).inc(len(moved))
+                metrics.count_moves(Status.NOREPORT, self.name, len(moved))
                 log.info("no report channel=%s messages=%d", self.name, len(moved))
             stale: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
             timeout = timedelta(seconds=self.settings.reassembly_timeout_s)
@@ -954,7 +954,7 @@ class GsmChannel:
             row = conn.execute(INSERT_RECEIVED, params).fetchone()
         assert row is not None
         RECEIVED.labels(self.name).inc()
-        metrics.MESSAGES.labels(Status.RECEIVED, self.name).inc()
+        metrics.count_moves(Status.RECEIVED, self.name, 1)
         log.info("received id=%d channel=%s parts=%d", row["id"], self.name, parts)
 
     def close(self) -> None:

@@ -502,7 +502,7 @@ class SmppChannel:
             self.incoming = incoming + self.incoming
             raise
         if sent_move is not None:
-            self._count(Status.SENT, max(0, sent_move.rowcount))
+            metrics.count_moves(Status.SENT, self.name, max(0, sent_move.rowcount))
         self._observe_receipts(latencies)
         self._acknowledge(responses)
         return sent + len(finished) + len(unknown) + len(incoming) + self._prepare_and_send(claimed, room)
@@ -581,7 +581,7 @@ class SmppChannel:
     def _applied(self, applied: inbox.Applied) -> list[float]:
         """Receipts applied: the moves counted, kept ones remembered; their latencies."""
         for status, moved in applied.moved.items():
-            self._count(status, moved)
+            metrics.count_moves(status, self.name, moved)
         if applied.kept:
             self.early_receipts_waiting = True
         return applied.latencies
@@ -620,16 +620,10 @@ class SmppChannel:
         return moved
 
     def _record_failed(self, conn: Connection, ids: list[int], error: str) -> None:
-        self._count(Status.FAILED, len(outbox.record_failed(conn, ids, error)))
+        metrics.count_moves(Status.FAILED, self.name, len(outbox.record_failed(conn, ids, error)))
 
     def _requeue(self, conn: Connection, ids: list[int], **how: Any) -> None:
-        self._count(Status.QUEUED, len(outbox.requeue(conn, ids, **how)))
-
-    def _count(self, status: Status, moved: int) -> None:
-        """smsbus_messages_total: the rows a statement moved, counted as it runs (a batch
-        whose commit fails and is recorded again is counted twice: rare, and visible)."""
-        if moved:
-            metrics.MESSAGES.labels(status.value, self.name).inc(moved)
+        metrics.count_moves(Status.QUEUED, self.name, len(outbox.requeue(conn, ids, **how)))
 
     def _record_error(self, conn: Connection, flight: InFlight) -> None:
         assert flight.error_status is not None and flight.error_class is not None
@@ -711,7 +705,7 @@ class SmppChannel:
                 )
                 stored = inbox.store_incoming(conn, self.name, message, concatenation)
                 if stored is not None:
-                    self._count(Status.RECEIVED, 1)
+                    metrics.count_moves(Status.RECEIVED, self.name, 1)
                     log.info("received id=%s channel=%s", stored, self.name)
                 return ESME_ROK
         except ValueError as e:
@@ -799,8 +793,8 @@ class SmppChannel:
         with conn.transaction():
             overdue = inbox.mark_overdue(conn, self.name, self.row.report_timeout)
             stale = inbox.store_stale_incomplete(conn, self.name, self.settings.reassembly_timeout_s)
-            self._count(Status.NOREPORT, len(overdue))
-            self._count(Status.RECEIVED, len(stale))
+            metrics.count_moves(Status.NOREPORT, self.name, len(overdue))
+            metrics.count_moves(Status.RECEIVED, self.name, len(stale))
             if now >= self.next_lease_renewal_at:
                 held = list(self.in_flight) + [f.message.id for f in self.finished + self.unknown]
                 outbox.renew_leases(conn, held, self.owner, self.settings.lease_s)

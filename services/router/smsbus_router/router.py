@@ -25,7 +25,7 @@ from smsbus.bus import CONFIG, STATUS, Publisher, outgoing_topic
 from smsbus.channel_health import connected_channels
 from smsbus.config import OptionalPort, Seconds
 from smsbus.loop import Connection, LoopSettings, first_line, prepare, run
-from smsbus.metrics import MESSAGES
+from smsbus.metrics import count_moves
 from smsbus.routing import (
     BY_ID_SOURCE,
     CLAIMED_SOURCE,
@@ -181,7 +181,7 @@ class Router:
             for channel in sorted(receiving):
                 self.publisher.publish(outgoing_topic(channel))
         for (status, channel), count in applied.items():
-            MESSAGES.labels(status, channel).inc(count)
+            count_moves(status, channel, count)
         log.debug("routed batch=%d channels=%s", len(decisions), ",".join(sorted(receiving)) or "-")
         return len(decisions)
 
