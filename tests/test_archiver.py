@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from smsbus import db
 from smsbus.archive import (
+    ARCHIVE_MIGRATIONS,
     Archiver,
     ArchiverSettings,
     ArchiveSchemaMismatch,
@@ -267,7 +268,9 @@ def column_types(conn: Conn, schema: str, table: str) -> list[tuple[str, str, st
 def test_the_archive_has_every_column_of_messages_with_the_same_type(conn: Conn) -> None:
     live = [(name, kind) for name, kind, _ in column_types(conn, "public", "messages")]
     archive = [(name, kind) for name, kind, _ in column_types(conn, "archive", "messages")]
-    assert archive == [*live, ("archived_at", "timestamp with time zone")]
+    # columns added later come after archived_at (ALTER TABLE appends): compare by name
+    assert dict(archive) == {**dict(live), "archived_at": "timestamp with time zone"}
+    assert len(archive) == len(live) + 1
 
 
 def test_a_separate_archive_gets_the_same_schema_from_the_same_migration(
@@ -278,7 +281,7 @@ def test_a_separate_archive_gets_the_same_schema_from_the_same_migration(
     with psycopg.connect(separate_database_url, row_factory=dict_row) as archive:
         assert column_types(archive, "archive", "messages") == column_types(conn, "archive", "messages")
         applied = archive.execute("SELECT version, name FROM archive.schema_migrations").fetchall()
-        assert applied == [{"version": 5, "name": "0005_create_archive.sql"}]
+        assert sorted(row["name"] for row in applied) == sorted(ARCHIVE_MIGRATIONS)
         # the archive database holds the archive only: no queue, no NOTIFY triggers
         assert archive.execute("SELECT to_regclass('public.messages') AS t").fetchone() == {"t": None}
         triggers = archive.execute("SELECT count(*) AS n FROM pg_trigger WHERE NOT tgisinternal").fetchone()

@@ -42,7 +42,7 @@ Connection = psycopg.Connection[dict[str, Any]]
 
 SECTION = "archiver"
 # The migrations that build the archive schema: a separate archive database gets them too.
-ARCHIVE_MIGRATIONS = ("0005_create_archive.sql",)
+ARCHIVE_MIGRATIONS = ("0005_create_archive.sql", "0013_add_archive_message_callback.sql")
 ARCHIVE_MIGRATION_LOCK_KEY = 16725_0005
 BatchSize = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
