@@ -16,9 +16,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from smsbus.channel_settings import GsmSettings, validate_settings
+from smsbus.config import Settings
 from smsbus.db import translate_refusal
 from smsbus.errors import SmsbusError
-from smsbus.supervisor import ChannelProgram
+from smsbus.supervisor import ChannelProgram, Supervisor
 
 # supervisord's wait after SIGTERM for a channel type with nothing longer to finish
 DEFAULT_STOP_WAIT_S = 10
@@ -34,6 +35,12 @@ SELECT_ENABLED = "SELECT name, type, settings FROM channels WHERE enabled ORDER 
 SET_ENABLED = "UPDATE channels SET enabled = %(enabled)s WHERE name = %(name)s RETURNING *"
 SET_SETTINGS = "UPDATE channels SET settings = %(settings)s WHERE name = %(name)s RETURNING *"
 DELETE_CHANNEL = "DELETE FROM channels WHERE name = %(name)s RETURNING *"
+UPDATE_CHANNEL = """
+UPDATE channels SET settings = %(settings)s, enabled = %(enabled)s, report_timeout = %(report_timeout)s,
+                    max_rate = %(max_rate)s, daily_limit = %(daily_limit)s
+WHERE name = %(name)s
+RETURNING *
+"""
 
 
 class ChannelNotFound(SmsbusError):
@@ -96,6 +103,30 @@ def change_settings(conn: psycopg.Connection[Any], name: str, changes: dict[str,
         return _one(conn, SET_SETTINGS, {"name": name, "settings": Jsonb(merged)}, name)
 
 
+def replace_channel(
+    conn: psycopg.Connection[Any],
+    name: str,
+    settings: dict[str, Any],
+    *,
+    enabled: bool,
+    report_timeout: timedelta | None = None,
+    max_rate: float | None = None,
+    daily_limit: int | None = None,
+) -> dict[str, Any]:
+    """Every editable column at once (the Manager's edit form), validated as `add_channel` does."""
+    with conn.transaction():
+        channel = get_channel(conn, name)
+        validate_settings(channel["type"], settings)
+        params = {
+            "name": name, "settings": Jsonb(settings), "enabled": enabled,
+            "report_timeout": report_timeout or timedelta(hours=48), "max_rate": max_rate, "daily_limit": daily_limit,
+        }
+        try:
+            return _one(conn, UPDATE_CHANNEL, params, name)
+        except psycopg.errors.IntegrityError as e:
+            raise translate_refusal(e) from None
+
+
 def remove_channel(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
     with conn.transaction():
         return _one(conn, DELETE_CHANNEL, {"name": name}, name)
@@ -128,3 +159,16 @@ def _one(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], name
     if row is None:
         raise ChannelNotFound(name)
     return dict(row)
+
+
+def follow_in_supervisor(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, list[str]] | None:
+    """The channel programs follow the table now when smsbus is up (started, restarted or
+    stopped, no other program touched); None when supervisord is not running: they follow
+    at `smsbus up`. Used by the CLI and the Manager's channel pages."""
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return None
+    try:
+        return supervisor.sync_channels(settings, enabled_programs(conn))
+    except OSError as e:
+        raise SmsbusError(f"supervisord did not take the change: {e}") from None

@@ -98,7 +98,7 @@ class WebStack:
 
 PASSWORD = "correct horse battery"
 ROLES = ("admin", "operator", "agent")
-API_COMMAND = ["-m", "devapi"] if os.environ.get("WEB_DEV") else ["smsbus-api"]
+API_COMMAND = ["smsbus-api"]
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from smsbus_api.api import ApiSettings
 from smsbus_api.auth import KeyCache, require_scope
 from smsbus_api.database import Database
 from smsbus_api.problems import handle_http_exception, handle_smsbus_error, handle_unexpected
+from smsbus_api.web import web_router
 
 VERSION = "1.0.0"
 # Swagger UI's files, from the swagger-ui-bundle wheel (these servers often have no internet)
@@ -54,6 +55,8 @@ def create_app(shared: Settings, settings: ApiSettings) -> Litestar:
     return Litestar(
         route_handlers=[
             *ROUTES,
+            # the Web Messenger and the Manager (SPEC §11)
+            web_router(),
             create_static_files_router(DOCS_ASSETS, [swagger_ui_path], opt={"scope": None},
                                        include_in_schema=False),
         ],

@@ -47,3 +47,9 @@
     window.location.assign("/login");
   };
 })();
+
+// a form the server sent back with errors: the first wrong field gets the focus
+document.addEventListener("DOMContentLoaded", () => {
+  const wrong = document.querySelector('[aria-invalid="true"]');
+  if (wrong) wrong.focus();
+});

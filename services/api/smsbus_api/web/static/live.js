@@ -40,6 +40,11 @@
     source.addEventListener("message", schedule);
     for (const topic of ["status", "nonstatus", "config", "health"]) source.addEventListener(topic, schedule);
     setInterval(schedule, POLL_MS);
+    // parts that change without a bus event (health reports age, supervisord states) ask
+    // more often: data-live-every="3000"
+    document.querySelectorAll("[data-live-every]").forEach((element) => {
+      setInterval(() => refreshOne(element).catch(() => {}), Number(element.dataset.liveEvery));
+    });
   }
 
   window.smsbusLive = { refresh: schedule };
