@@ -16,10 +16,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from smsbus.channel_settings import GsmSettings, validate_settings
-from smsbus.config import Settings
 from smsbus.db import translate_refusal
 from smsbus.errors import SmsbusError
-from smsbus.supervisor import ChannelProgram, Supervisor
+from smsbus.supervisor import ChannelProgram
 
 # supervisord's wait after SIGTERM for a channel type with nothing longer to finish
 DEFAULT_STOP_WAIT_S = 10
@@ -160,15 +159,3 @@ def _one(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], name
         raise ChannelNotFound(name)
     return dict(row)
 
-
-def follow_in_supervisor(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, list[str]] | None:
-    """The channel programs follow the table now when smsbus is up (started, restarted or
-    stopped, no other program touched); None when supervisord is not running: they follow
-    at `smsbus up`. Used by the CLI and the Manager's channel pages."""
-    supervisor = Supervisor(settings)
-    if not supervisor.is_running():
-        return None
-    try:
-        return supervisor.sync_channels(settings, enabled_programs(conn))
-    except OSError as e:
-        raise SmsbusError(f"supervisord did not take the change: {e}") from None

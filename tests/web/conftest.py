@@ -107,7 +107,8 @@ def web_database(server_url: str, template_database: str) -> Iterator[str]:
     numbers and names of their own, so they do not see each other's rows."""
     name = f"smsbus_web_{os.getpid()}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_database)))
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
+        admin.execute(create.format(sql.Identifier(name), sql.Identifier(template_database)))
     yield url_for(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

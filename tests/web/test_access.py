@@ -55,7 +55,8 @@ def test_an_agent_cannot_open_manager_pages_nor_make_their_writes(stack: WebStac
                            "RETURNING id").fetchone()
     assert row is not None
     token = page.locator('meta[name="csrf-token"]').get_attribute("content")
-    refused = page.request.post(f"{stack.url}/manager/messages/{row['id']}/cancel", headers={"X-CSRF-Token": token or ""})
+    refused = page.request.post(f"{stack.url}/manager/messages/{row['id']}/cancel",
+                                headers={"X-CSRF-Token": token or ""})
     assert refused.status == 403
     with stack.connect() as conn:
         after = conn.execute("SELECT status FROM messages WHERE id = %(id)s", {"id": row["id"]}).fetchone()

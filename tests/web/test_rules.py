@@ -19,7 +19,9 @@ def routing_rule_names(stack: WebStack) -> list[str]:
         return [r["name"] for r in conn.execute("SELECT name FROM routing_rules ORDER BY position")]
 
 
-def test_a_sql_typo_is_refused_with_postgresqls_message_and_explain_matches_the_cli(stack: WebStack, page: Page) -> None:
+def test_a_sql_typo_is_refused_with_postgresqls_message_and_explain_matches_the_cli(
+    stack: WebStack, page: Page
+) -> None:
     stack.log_in(page, "operator", "/manager/rules")
     page.get_by_text("Add a routing rule").click()
     page.locator("#route-name").fill("dutch numbers")

@@ -18,6 +18,8 @@ import psycopg
 
 from smsbus import channels, config, db
 from smsbus.channel_settings import SETTINGS_TYPES
+from smsbus.errors import SmsbusError
+from smsbus.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -200,10 +202,15 @@ def run_toggle(args: argparse.Namespace) -> int:
 
 def follow_in_supervisor(conn: psycopg.Connection[Any]) -> None:
     """The programs follow the table now when smsbus is up; otherwise at `smsbus up`."""
-    changes = channels.follow_in_supervisor(conn, config.load())
-    if changes is None:
+    settings = config.load()
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
         print("smsbus is not running: the channel programs follow at `smsbus up`")
         return
+    try:
+        changes = supervisor.sync_channels(settings, channels.enabled_programs(conn))
+    except OSError as e:
+        raise SmsbusError(f"supervisord did not take the change: {e}") from None
     for verb, programs in changes.items():
         for program in programs:
             print(f"{verb} program {program}")

@@ -66,21 +66,15 @@ def run_explain(args: argparse.Namespace) -> int:
         raise SmsbusError("give a message id, or --to and --body (and optionally --from, --channel, --properties)")
     time_zone = config.load_section("router", RouterZone).time_zone
     with connection() as conn:
-        print("\n".join(explain_changing_nothing(conn, args, time_zone)))
+        try:
+            print("\n".join(explain(conn, args, time_zone)))
+        except psycopg.errors.QueryCanceled:
+            raise SmsbusError(f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
+        except (psycopg.ProgrammingError, psycopg.DataError) as e:
+            raise SmsbusError(f"a rule raised on this message: {refusal_text(e)}") from None
+        finally:
+            conn.rollback()
     return 0
-
-
-def explain_changing_nothing(conn: psycopg.Connection[Any], args: argparse.Namespace, time_zone: str) -> list[str]:
-    """`explain`, rolled back, with a rule that fails on this message said in words. The
-    Manager's explain box calls this too, so both give the same answer."""
-    try:
-        return explain(conn, args, time_zone)
-    except psycopg.errors.QueryCanceled:
-        raise SmsbusError(f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
-    except (psycopg.ProgrammingError, psycopg.DataError) as e:
-        raise SmsbusError(f"a rule raised on this message: {refusal_text(e)}") from None
-    finally:
-        conn.rollback()
 
 
 def explain(conn: psycopg.Connection[Any], args: argparse.Namespace, time_zone: str) -> list[str]:

@@ -55,11 +55,7 @@ ON CONFLICT (user_id, party) DO UPDATE
 SET last_read_id = greatest(conversation_reads.last_read_id, excluded.last_read_id), read_at = now()
 """
 
-COUNT_UNREAD = """
-SELECT count(*) AS unread FROM messages m
-LEFT JOIN conversation_reads r ON r.user_id = %(user_id)s AND r.party = message_party(m.direction, m.to_address, m.from_address)
-WHERE m.direction = 'in' AND m.id > coalesce(r.last_read_id, 0)
-"""
+
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,7 +104,3 @@ async def list_thread(conn: Connection, party: str, limit: int = 200) -> list[Th
 async def mark_read(conn: Connection, user_id: int, party: str, last_read_id: int) -> None:
     await conn.execute(MARK_READ, {"user_id": user_id, "party": party, "last_read_id": last_read_id})
 
-
-async def count_unread(conn: Connection, user_id: int) -> int:
-    row = await (await conn.execute(COUNT_UNREAD, {"user_id": user_id})).fetchone()
-    return int(row["unread"]) if row else 0

@@ -9,6 +9,7 @@ import json
 import re
 from datetime import timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -151,6 +152,14 @@ def form_values(row: dict[str, Any]) -> dict[str, str]:
     return values
 
 
+def follow_in_supervisor(conn: Any, settings: Any) -> None:
+    """The channel programs follow the table now when supervisord runs, as after
+    `smsbus channels ...` (its shared form is coming with the api's /v1/channels)."""
+    supervisor = Supervisor(settings)
+    if supervisor.is_running():
+        supervisor.sync_channels(settings, channels.enabled_programs(conn))
+
+
 def program_states(request: Request[Any, Any, Any]) -> dict[str, dict[str, Any]] | None:
     """supervisord's view of every program, or None when it is not running."""
     try:
@@ -236,7 +245,7 @@ async def save_channel(
                 channels.replace_channel(conn, edit, settings, enabled=bool(data.enabled),
                                           report_timeout=report_timeout, max_rate=max_rate, daily_limit=daily_limit)
             conn.commit()
-            channels.follow_in_supervisor(conn, shared)
+            follow_in_supervisor(conn, shared)
 
     try:
         await db.in_thread(save)()
@@ -247,7 +256,7 @@ async def save_channel(
             values["name"] = edit
         return channel_form_page(principal, values, editing=bool(edit), errors={field: problem}, status_code=422)
     name = edit or data.name.strip()
-    return see_other(f"/manager/channels?done={'Saved' if edit else 'Added'} channel {name}.")
+    return see_other("/manager/channels?" + urlencode({"done": f"{'Saved' if edit else 'Added'} channel {name}."}))
 
 
 @post("/manager/channels/{name:str}/{verb:str}", opt=scope("admin"), include_in_schema=False)
@@ -261,10 +270,10 @@ async def toggle_channel(request: Request[Any, Any, Any], name: str, verb: str) 
     def toggle() -> None:
         with db.transaction() as conn:
             channels.set_enabled(conn, name, verb == "enable")
-            channels.follow_in_supervisor(conn, shared)
+            follow_in_supervisor(conn, shared)
 
     await db.in_thread(toggle)()
-    return see_other(f"/manager/channels?done={verb.capitalize()}d channel {name}.")
+    return see_other("/manager/channels?" + urlencode({"done": f"{verb.capitalize()}d channel {name}."}))
 
 
 ROUTES = [show_channels, show_channel_list, show_new_channel, show_channel, save_channel, toggle_channel]

@@ -99,7 +99,9 @@ async def show_messages(request: Request[Any, Any, Any]) -> Response[str]:
 
 
 @get("/manager/messages/{message_id:int}", opt=scope(None), include_in_schema=False)
-async def show_message(request: Request[Any, Any, Any], message_id: int, done: str = "", refused: str = "") -> Response[str]:
+async def show_message(
+    request: Request[Any, Any, Any], message_id: int, done: str = "", refused: str = ""
+) -> Response[str]:
     principal = await viewer(request, "operator")
     async with request.app.state.db.pool.connection() as conn:
         row = await (await conn.execute(queue.SELECT_MESSAGE, {"id": message_id})).fetchone()

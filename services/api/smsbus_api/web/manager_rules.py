@@ -10,15 +10,16 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import msgspec
+import psycopg
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 from smsbus import config, rules
-from smsbus.cli.route import explain_changing_nothing
+from smsbus.cli.route import EXPLAIN_TIMEOUT_S, explain
 from smsbus.errors import SmsbusError
 from smsbus.routing import RouterZone
-from smsbus.rules import STRATEGIES, RuleKind
+from smsbus.rules import STRATEGIES, RuleKind, refusal_text
 from smsbus_api.auth import scope
 from smsbus_api.web.pages import render, see_other, viewer
 
@@ -174,7 +175,14 @@ async def explain_message(
 
     def run() -> list[str]:
         with db.transaction() as conn:
-            return explain_changing_nothing(conn, arguments, time_zone)
+            try:
+                return explain(conn, arguments, time_zone)
+            except psycopg.errors.QueryCanceled:
+                raise SmsbusError(f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
+            except (psycopg.ProgrammingError, psycopg.DataError) as e:
+                raise SmsbusError(f"a rule raised on this message: {refusal_text(e)}") from None
+            finally:
+                conn.rollback()
 
     values = {"to": data.to, "body": data.body, "from": data.sender}
     try:
