@@ -43,6 +43,7 @@ SERVICE_MODULES = (
     "smsbus_archiver.archiver",
     "smsbus_channel_smpp.channel_smpp",
     "smsbus_channel_gsm.channel_gsm",
+    "smsbus_webhooks.webhooks",
 )
 # labels Prometheus adds to every series, and a histogram's bucket bound
 SCRAPE_LABELS = {"job", "instance", "le"}
@@ -106,6 +107,7 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
     from smsbus_broker.broker import BrokerSettings
     from smsbus_router.router import RouterSettings
     from smsbus_triggers.triggers import TriggersSettings
+    from smsbus_webhooks.webhooks import WebhooksSettings
 
     text = (DEPLOY / "prometheus.yml").read_text()
     # the jobs in force (not commented out) and their one target each
@@ -116,6 +118,7 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
         "router": RouterSettings().metrics_port,
         "triggers": TriggersSettings().metrics_port,
         "archiver": ArchiverSettings().metrics_port,
+        "webhooks": WebhooksSettings().metrics_port,
     }
     assert scraped == {job: str(port) for job, port in defaults.items()}
 

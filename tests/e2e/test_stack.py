@@ -92,7 +92,7 @@ def test_up_detached_runs_embedded_postgres_and_broker_then_down(fresh_install_e
     status = wait_all_running(env)
     states = program_states(status)
     # every service program of deploy/supervisord.conf.template runs, whichever there are
-    assert {"broker", "postgres", "router", "triggers", "archiver"} <= set(states), states
+    assert {"broker", "postgres", "router", "triggers", "archiver", "webhooks"} <= set(states), states
     assert set(states.values()) == {"RUNNING"}, states
     assert (Path(env[WORKDIR]) / "var" / "pgdata" / "PG_VERSION").exists()
     if os.geteuid() == 0:  # as the test suite runs here; otherwise all runs as its user anyway
