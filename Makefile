@@ -9,11 +9,8 @@ DISTRIBUTIONS += services/channel-gsm
 DISTRIBUTIONS += services/archiver
 DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
-<<<<<<< HEAD
 DISTRIBUTIONS += services/api
-=======
 DISTRIBUTIONS += services/webhooks
->>>>>>> main
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install browser run test soak bench lint clean
