@@ -28,6 +28,8 @@ STATUS = "status"
 NONSTATUS = "nonstatus"
 CONFIG = "config"
 OUTGOING = "outgoing"
+# the webhook outbox has callbacks to deliver (its trigger's NOTIFY)
+WEBHOOKS = "webhooks"
 # what an outside program may announce through UDP or a TCP line
 ANNOUNCEABLE = frozenset({STATUS, NONSTATUS})
 
