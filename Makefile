@@ -52,7 +52,8 @@ lint: install
 	$(BIN)/mypy --strict shared/smsbus services/broker/smsbus_broker services/triggers/smsbus_triggers \
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
 		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
-		services/api/smsbus_api services/webhooks/smsbus_webhooks
+		services/api/smsbus_api \
+		services/webhooks/smsbus_webhooks
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
