@@ -10,6 +10,7 @@ DISTRIBUTIONS += services/archiver
 DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
 DISTRIBUTIONS += services/api
+DISTRIBUTIONS += services/webhooks
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install browser run test soak bench lint clean
@@ -51,7 +52,8 @@ lint: install
 	$(BIN)/mypy --strict shared/smsbus services/broker/smsbus_broker services/triggers/smsbus_triggers \
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
 		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
-		services/api/smsbus_api
+		services/api/smsbus_api \
+		services/webhooks/smsbus_webhooks
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
