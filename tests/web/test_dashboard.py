@@ -39,7 +39,6 @@ def test_the_dashboards_numbers_equal_smsbus_status_and_follow_live(stack: WebSt
         conn.execute("INSERT INTO messages (direction, to_address, body, scheduled_at) "
                      "VALUES ('out', '+31611000020', 'later', now() + interval '1 hour')")
     stack.log_in(page, "operator", "/manager")
-    # WAIT_LIVE
     for _ in range(3):  # other tests' messages may still be moving: compare a quiet moment
         cli = status_counts(stack)
         page.reload()
@@ -53,4 +52,5 @@ def test_the_dashboards_numbers_equal_smsbus_status_and_follow_live(stack: WebSt
     with stack.connect() as conn:
         conn.execute("INSERT INTO messages (direction, to_address, body, scheduled_at) "
                      "VALUES ('out', '+31611000021', 'later too', now() + interval '1 hour')")
+    # the numbers are fetched again every 5 s, and at once on an event of /v1/events
     expect(page.locator("[data-depth=SCHEDULED]")).to_have_text(str(before + 1), timeout=7000)

@@ -37,5 +37,5 @@ def web_router() -> Router:
             *manager_channels.ROUTES, *manager_rules.ROUTES,
             create_static_files_router("/static", [STATIC], opt=scope(None), include_in_schema=False),
         ],
-        exception_handlers={LoginRequired: to_login, RoleRequired: role_refused},  # type: ignore[dict-item]
+        exception_handlers={LoginRequired: to_login, RoleRequired: role_refused},
     )

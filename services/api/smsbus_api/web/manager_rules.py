@@ -118,17 +118,18 @@ async def save_rule(
     db = request.app.state.db
 
     def save() -> None:
+        position = int(data.position) if data.position.strip().isdigit() else None
+        name, condition, enabled = data.name.strip(), data.condition, bool(data.enabled)
+        channel_names, weights = split_names(data.channels), split_weights(data.weights)
         with db.transaction() as conn:
-            position = int(data.position) if data.position.strip().isdigit() else None
-            common = {"name": data.name.strip(), "condition": data.condition}
-            routing = {"channels": split_names(data.channels), "strategy": data.strategy,
-                       "weights": split_weights(data.weights)} if kind is RuleKind.ROUTE else {}
             if edit:
-                rules.edit_rule(conn, kind, edit, enabled=bool(data.enabled), **common, **routing)
+                rules.edit_rule(conn, kind, edit, name=name, condition=condition, enabled=enabled,
+                                channels=channel_names, strategy=data.strategy, weights=weights)
             elif kind is RuleKind.ROUTE:
-                rules.add_routing_rule(conn, position=position, enabled=bool(data.enabled), **common, **routing)
+                rules.add_routing_rule(conn, name, condition, channel_names, strategy=data.strategy,
+                                       weights=weights, position=position, enabled=enabled)
             else:
-                rules.add_blocking_rule(conn, position=position, enabled=bool(data.enabled), **common)
+                rules.add_blocking_rule(conn, name, condition, position=position, enabled=enabled)
 
     try:
         await db.in_thread(save)()
