@@ -25,8 +25,6 @@ from smsbus.supervisor import CHANNEL_PROGRAM_PREFIX, Supervisor
 from smsbus_api.auth import scope
 from smsbus_api.web.pages import fragment, render, see_other, viewer
 
-# settings never shown back in a form or a page
-SECRET_SETTINGS = frozenset({"password", "pin"})
 # sent in the last minute: recent rows only (the BRIN index on created_at of migration 0046)
 LIST_CHANNELS = """
 SELECT c.name, c.type, c.enabled, c.settings, c.max_rate, c.daily_limit, c.report_timeout,
@@ -98,12 +96,12 @@ def settings_of(form: ChannelForm, keep: dict[str, Any]) -> dict[str, Any]:
         raise FieldError("other", f"not JSON: {e.msg} at character {e.pos + 1}") from None
     if not isinstance(others, dict):
         raise FieldError("other", 'expected a JSON object, e.g. {"window": 20}')
-    settings = {k: v for k, v in others.items() if k not in SECRET_SETTINGS or v}
+    settings = {k: v for k, v in others.items() if k not in channels.SECRET_SETTINGS or v}
     for option in TYPE_OPTIONS[form.type]:
         value = getattr(form, option.field).strip()
         if value:
             settings[option.field] = typed(value, option.kind)
-        elif option.field in SECRET_SETTINGS and option.field in keep:
+        elif option.field in channels.SECRET_SETTINGS and option.field in keep:
             settings[option.field] = keep[option.field]
     return settings
 
@@ -145,19 +143,11 @@ def form_values(row: dict[str, Any]) -> dict[str, str]:
               "report_timeout_s": f"{row['report_timeout'].total_seconds():g}"}
     for option in TYPE_OPTIONS[row["type"]]:
         value = settings.pop(option.field, "")
-        values[option.field] = "" if option.field in SECRET_SETTINGS else str(value)
-    for secret in SECRET_SETTINGS:
+        values[option.field] = "" if option.field in channels.SECRET_SETTINGS else str(value)
+    for secret in channels.SECRET_SETTINGS:
         settings.pop(secret, None)
     values["other"] = json.dumps(settings, indent=1) if settings else ""
     return values
-
-
-def follow_in_supervisor(conn: Any, settings: Any) -> None:
-    """The channel programs follow the table now when supervisord runs, as after
-    `smsbus channels ...` (its shared form is coming with the api's /v1/channels)."""
-    supervisor = Supervisor(settings)
-    if supervisor.is_running():
-        supervisor.sync_channels(settings, channels.enabled_programs(conn))
 
 
 def program_states(request: Request[Any, Any, Any]) -> dict[str, dict[str, Any]] | None:
@@ -245,13 +235,13 @@ async def save_channel(
                 channels.replace_channel(conn, edit, settings, enabled=bool(data.enabled),
                                           report_timeout=report_timeout, max_rate=max_rate, daily_limit=daily_limit)
             conn.commit()
-            follow_in_supervisor(conn, shared)
+            channels.follow_in_supervisor(shared, conn)
 
     try:
         await db.in_thread(save)()
     except SmsbusError as refused:
         field, problem = field_of(refused)
-        values = {k: v for k, v in msgspec.structs.asdict(data).items() if k not in SECRET_SETTINGS}
+        values = {k: v for k, v in msgspec.structs.asdict(data).items() if k not in channels.SECRET_SETTINGS}
         if edit:
             values["name"] = edit
         return channel_form_page(principal, values, editing=bool(edit), errors={field: problem}, status_code=422)
@@ -270,7 +260,7 @@ async def toggle_channel(request: Request[Any, Any, Any], name: str, verb: str) 
     def toggle() -> None:
         with db.transaction() as conn:
             channels.set_enabled(conn, name, verb == "enable")
-            follow_in_supervisor(conn, shared)
+            channels.follow_in_supervisor(shared, conn)
 
     await db.in_thread(toggle)()
     return see_other("/manager/channels?" + urlencode({"done": f"{verb.capitalize()}d channel {name}."}))

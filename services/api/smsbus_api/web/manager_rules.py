@@ -5,21 +5,18 @@ the field), moves up and down, and an explain box that answers exactly as
 
 from __future__ import annotations
 
-import argparse
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import msgspec
-import psycopg
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 from smsbus import config, rules
-from smsbus.cli.route import EXPLAIN_TIMEOUT_S, explain
 from smsbus.errors import SmsbusError
 from smsbus.routing import RouterZone
-from smsbus.rules import STRATEGIES, RuleKind, refusal_text
+from smsbus.rules import STRATEGIES, RuleKind
 from smsbus_api.auth import scope
 from smsbus_api.web.pages import render, see_other, viewer
 
@@ -170,20 +167,12 @@ async def explain_message(
     """Changes nothing (rolled back); a POST only because it carries a message's text."""
     principal = await viewer(request, "operator")
     db = request.app.state.db
-    arguments = argparse.Namespace(id=None, to=data.to.strip(), sender=data.sender.strip() or None,
-                                   body=data.body, channel=None, properties=None)
+    proposed = NewMessage(to_address=data.to.strip(), body=data.body, from_address=data.sender.strip() or None)
     time_zone = config.load_section("router", RouterZone).time_zone
 
     def run() -> list[str]:
         with db.transaction() as conn:
-            try:
-                return explain(conn, arguments, time_zone)
-            except psycopg.errors.QueryCanceled:
-                raise SmsbusError(f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
-            except (psycopg.ProgrammingError, psycopg.DataError) as e:
-                raise SmsbusError(f"a rule raised on this message: {refusal_text(e)}") from None
-            finally:
-                conn.rollback()
+            return explain_changing_nothing(conn, time_zone, proposed=proposed)
 
     values = {"to": data.to, "body": data.body, "from": data.sender}
     try:
