@@ -15,6 +15,8 @@ from litestar.params import Body
 
 from smsbus import config, rules
 from smsbus.errors import SmsbusError
+from smsbus.message import NewMessage
+from smsbus.route_explain import explain_changing_nothing
 from smsbus.routing import RouterZone
 from smsbus.rules import STRATEGIES, RuleKind
 from smsbus_api.auth import scope
