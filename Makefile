@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/archiver.py
 	$(BIN)/python bench/smpp.py
 	$(BIN)/python bench/gsm.py
+	$(BIN)/python bench/webhooks.py
 
 lint: install
 	$(BIN)/ruff check shared services tests bench
