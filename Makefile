@@ -9,11 +9,8 @@ DISTRIBUTIONS += services/channel-gsm
 DISTRIBUTIONS += services/archiver
 DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
-<<<<<<< HEAD
 DISTRIBUTIONS += services/api
-=======
 DISTRIBUTIONS += services/webhooks
->>>>>>> main
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install browser run test soak bench lint clean
@@ -55,11 +52,8 @@ lint: install
 	$(BIN)/mypy --strict shared/smsbus services/broker/smsbus_broker services/triggers/smsbus_triggers \
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
 		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
-<<<<<<< HEAD
-		services/api/smsbus_api
-=======
+		services/api/smsbus_api \
 		services/webhooks/smsbus_webhooks
->>>>>>> main
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
