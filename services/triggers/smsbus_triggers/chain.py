@@ -171,7 +171,7 @@ def run_sql_chain_in_bulk(
             conn.execute(FINISH_ALL_OWN_PROCESSING, {"ids": own})
             outcomes = {row["id"]: row["trigger_status"] for row in conn.execute(SELECT_TRIGGER_STATUSES, {"ids": ids})}
     except psycopg.errors.Error as e:
-        if isinstance(e, psycopg.OperationalError):
+        if connection_lost(conn, e):
             raise
         return None
     elapsed = (time.monotonic() - started) / max(1, len(ids))
@@ -180,6 +180,14 @@ def run_sql_chain_in_bulk(
         for _ in ids:
             TRIGGER_SECONDS.labels(trigger.language).observe(elapsed / len(triggers))
     return outcomes
+
+
+def connection_lost(conn: Connection, error: psycopg.errors.Error) -> bool:
+    """A timeout (QueryCanceled is an OperationalError too) is the script's doing; a broken
+    connection is not: the main loop reconnects."""
+    return isinstance(error, psycopg.OperationalError) and (
+        conn.closed or not isinstance(error, psycopg.errors.QueryCanceled)
+    )
 
 
 def trigger_status_now(conn: Connection, message_id: int) -> str:
