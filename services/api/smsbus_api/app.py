@@ -15,7 +15,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from smsbus.config import Settings
 from smsbus.errors import SmsbusError
-from smsbus_api import configuration, health, messages, sessions
+from smsbus_api import configuration, events, health, messages, sessions
 from smsbus_api.api import ApiSettings
 from smsbus_api.auth import KeyCache, require_scope
 from smsbus_api.database import Database
@@ -25,7 +25,7 @@ VERSION = "1.0.0"
 # Swagger UI's files, from the swagger-ui-bundle wheel (these servers often have no internet)
 DOCS_ASSETS = "/v1/docs-assets"
 
-ROUTES = [*health.ROUTES, *sessions.ROUTES, *messages.ROUTES, *configuration.ROUTES]
+ROUTES = [*health.ROUTES, *sessions.ROUTES, *messages.ROUTES, *configuration.ROUTES, *events.ROUTES]
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -50,7 +50,10 @@ def openapi_config() -> OpenAPIConfig:
 
 def create_app(shared: Settings, settings: ApiSettings) -> Litestar:
     db = Database(shared.resolved_database_url(), settings.pool_size)
-    state = State({"db": db, "settings": settings, "shared": shared, "key_cache": KeyCache(settings.key_cache_s)})
+    hub = events.EventHub(shared.bus, db, settings.events_resume_window_s, settings.events_client_queue)
+    state = State({
+        "db": db, "settings": settings, "shared": shared, "key_cache": KeyCache(settings.key_cache_s), "events": hub,
+    })
     return Litestar(
         route_handlers=[
             *ROUTES,
@@ -59,8 +62,8 @@ def create_app(shared: Settings, settings: ApiSettings) -> Litestar:
         ],
         guards=[require_scope],
         state=state,
-        on_startup=[db.open],
-        on_shutdown=[db.close],
+        on_startup=[db.open, hub.start],
+        on_shutdown=[hub.stop, db.close],
         exception_handlers={
             HTTPException: handle_http_exception,
             SmsbusError: handle_smsbus_error,
@@ -69,4 +72,6 @@ def create_app(shared: Settings, settings: ApiSettings) -> Litestar:
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_request_bytes,
         debug=False,
+        # smsbus.log configured the process's logging (one line per event, to stdout)
+        logging_config=None,
     )
