@@ -58,7 +58,7 @@ async def accept(request: Request[Any, Any, Any], messages: list[NewMessage]) ->
     return [a.id for a in accepted]
 
 
-@route("/cgi-bin/sendsms", http_method=["GET", "POST"], opt={"scope": None}, media_type=TEXT,
+@route("/cgi-bin/sendsms", http_method=["GET", "POST"], opt={"scope": None}, media_type=TEXT, include_in_schema=False,
        summary="Kannel-compatible send (username = API key name, password = its secret)")
 async def kannel_sendsms(request: Request[Any, Any, Any]) -> Response[str]:
     values = await form_values(request)
@@ -98,7 +98,7 @@ async def kannel_sendsms(request: Request[Any, Any, Any]) -> Response[str]:
     return plain("0: Accepted for delivery", 202)
 
 
-@route("/send", http_method=["GET", "POST"], opt={"scope": None}, media_type=TEXT,
+@route("/send", http_method=["GET", "POST"], opt={"scope": None}, media_type=TEXT, include_in_schema=False,
        summary="Jasmin-compatible send (username = API key name, password = its secret)")
 async def jasmin_send(request: Request[Any, Any, Any]) -> Response[str]:
     values = await form_values(request)
