@@ -139,6 +139,11 @@ def test_jasmin_get_puts_the_fields_in_the_query_and_a_failed_submit_names_its_e
     }
 
 
+def test_kannel_coding_escape_gives_the_number_kannel_was_sent() -> None:
+    request = build_request(callback(url="http://a/?c=%c", callback_style="kannel", dlr_mask=1, coding="ucs2"), NOW)
+    assert request is not None and request.url == "http://a/?c=2"
+
+
 def test_expanding_escapes_leaves_a_url_without_any_untouched() -> None:
     assert expand_kannel_escapes("http://a/b?c=d", {"d": "1"}) == "http://a/b?c=d"
 
