@@ -216,8 +216,10 @@ def test_kill_9_mid_delivery_loses_nothing_and_keeps_each_messages_order(
     messages = [add_message(conn, receiver.url + "/cb", key) for _ in range(4)]
     for message_id in messages:
         move(conn, message_id, *LIFE)
-    # the first requests are in flight (the receiver holds them): kill the service there
-    time.sleep(0.3)
+    # the first requests are in flight (claimed, leased, the receiver holding them): kill there
+    wait_for(lambda: conn.execute("SELECT 1 FROM webhook_outbox WHERE attempts = 0 AND next_attempt_at > now()")
+             .fetchone(), what="callbacks claimed")
+    time.sleep(0.2)
     first.kill()
     receiver.control(delay_s=0)
     second = start_service(["smsbus-webhooks"], env, tmp_path / "webhooks-restarted.log")
