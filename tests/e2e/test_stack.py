@@ -182,6 +182,11 @@ def assert_nothing_runs_as_root_and_other_users_are_kept_out(env: dict[str, str]
     assert stat.S_IMODE(socket_file.stat().st_mode) == 0o700
     assert stat.S_IMODE(socket_file.parent.stat().st_mode) == 0o700
 
+    # the folder above var/ (mkdtemp: 0700) was opened only as far as needed: passable, not
+    # listable (pgserver's own helper would have added o+rx on every folder up to /)
+    assert stat.S_IMODE(var.parent.stat().st_mode) & 0o077 == 0o001
+    assert stat.S_IMODE(var.stat().st_mode) == 0o750 and var.stat().st_uid == 0
+
     # another local account reads no secret and reaches no database
     for path in (secrets, var / "pgdata" / "PG_VERSION"):
         read = as_nobody("cat", str(path))
