@@ -124,8 +124,11 @@ class WebhooksService:
         try:
             outcome = send(request, self.own.request_timeout_s, self.denied)
         except Exception as e:
-            log.exception("callback request failed unexpectedly event=%s url=%s", callback.id, redact_url(callback.url))
-            outcome = Outcome(False, error=redact_text(f"unexpected {type(e).__name__}: {e}", callback.url))
+            # whatever a receiver or its URL does, the service lives on; no traceback in the
+            # log, since its text could quote the URL's secrets
+            error = redact_text(f"unexpected {type(e).__name__}: {e}", callback.url)
+            log.error("callback request failed event=%s url=%s error=%s", callback.id, redact_url(callback.url), error)
+            outcome = Outcome(False, error=error)
         REQUEST_SECONDS.observe(time.monotonic() - started)
         return outcome
 
