@@ -29,6 +29,9 @@ def test_health_ready_and_metrics_answer_without_a_key(api: Api) -> None:
         assert client.get("/readyz").status_code == 200
         assert "smsbus_api_messages_accepted_total" in client.get("/metrics").text
         assert client.get("/v1/openapi.json").json()["openapi"].startswith("3.1")
+        docs = client.get("/v1/docs").text
+        assert "/v1/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+        assert client.get("/v1/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_a_repeated_client_ref_returns_the_first_message(api: Api, conn: psycopg.Connection[Any]) -> None:

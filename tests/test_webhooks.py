@@ -9,7 +9,7 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,7 +22,7 @@ from tests.conftest import StartServices
 from tests.peers.callback_server import CallbackServer
 from tests.peers.processes import ServiceProcess, start_service
 from tests.peers.smsc import start_smsc
-from tests.test_smpp import add_channel
+from tests.test_smpp import add_channel, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -67,17 +67,6 @@ def add_message(conn: Conn, url: str, key: int | None = None, channel: str | Non
 def move(conn: Conn, message_id: int, *statuses: str) -> None:
     for status in statuses:
         conn.execute(MOVE, {"id": message_id, "status": status})
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s (last: {result!r})")
-        time.sleep(0.05)
 
 
 def verified(request: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:

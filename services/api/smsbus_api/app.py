@@ -66,6 +66,7 @@ def openapi_config() -> OpenAPIConfig:
             css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
             path="/docs",
+            favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
         )],
     )
 

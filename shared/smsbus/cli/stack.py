@@ -53,7 +53,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         supervisor.wait_running()
         _prepare_database(settings)
-        _create_first_admin(settings)
+        create_first_admin(settings)
         _add_channel_programs(settings, supervisor)
         started = supervisor.start_stopped(exclude={POSTGRES_PROGRAM})
         print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
@@ -108,7 +108,7 @@ FIRST_ADMIN = "admin"
 FIRST_ADMIN_PASSWORD_FILE = "admin-password"
 
 
-def _create_first_admin(settings: Settings) -> None:
+def create_first_admin(settings: Settings) -> None:
     """On the first start (no user at all): `admin` with a random one-time password, printed
     once on a terminal and kept in <data_dir>/admin-password (0600) for whoever missed it.
     Not a terminal (systemd's journal, a CI log): only where the file is, never the password."""
