@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import psycopg
 import pytest
 import zmq
 
 from smsbus.bus import MAX_FRAME_BYTES, Listener, Publisher, Subscriber, notify_status_update
 from smsbus.bus_keys import make_keys
 from tests.peers.cli import Result
+from tests.peers.metrics import value
 from tests.peers.processes import BIN_DIR, PROJECT_ROOT, ServiceProcess, environment_bus
 from tests.test_broker import receive, receive_line, wait_until_subscribed
 
@@ -103,6 +105,13 @@ def test_a_published_topic_cannot_write_lines_of_its_own(service_env: dict[str, 
             # the injected topic is refused; the honest one after it arrives as it was sent
             assert receive_line(listener, "nonstatus").ids == (7,)
             broker.wait_for_log("malformed notification source=zeromq")
+            # the same through PostgreSQL, where any role may NOTIFY
+            with psycopg.connect(service_env["SMSBUS_DATABASE_URL"], autocommit=True) as conn:
+                conn.execute("SELECT pg_notify('smsbus', 'status' || chr(10) || 'config.channels')")
+                conn.execute("SELECT pg_notify('smsbus', 'config.rules')")
+            assert receive_line(listener, "config.rules").ids == ()
+            port = int(service_env["SMSBUS_BROKER_METRICS_PORT"])
+            assert value(port, "smsbus_broker_malformed_total", source="postgres") == 1
             # a message above the size limit disconnects its sender, the broker lives on
             publisher.send_multipart([b"status", b"1," * (MAX_FRAME_BYTES // 2 + 1)])
             notify_status_update([5], bus)

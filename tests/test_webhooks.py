@@ -9,20 +9,22 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from smsbus_webhooks.formats import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from smsbus_webhooks.webhooks import WebhooksService, WebhooksSettings
 from tests.conftest import StartServices
 from tests.peers.callback_server import CallbackServer
 from tests.peers.processes import ServiceProcess, start_service
 from tests.peers.smsc import start_smsc
-from tests.test_smpp import add_channel
+from tests.test_smpp import add_channel, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -67,17 +69,6 @@ def add_message(conn: Conn, url: str, key: int | None = None, channel: str | Non
 def move(conn: Conn, message_id: int, *statuses: str) -> None:
     for status in statuses:
         conn.execute(MOVE, {"id": message_id, "status": status})
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s (last: {result!r})")
-        time.sleep(0.05)
 
 
 def verified(request: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
@@ -126,6 +117,23 @@ def test_outbox_gets_one_row_per_status_change_of_a_message_with_a_callback_in_i
         (watched, "QUEUED", "SENDING", key)]
     assert rows[0]["url"] == "http://127.0.0.1:9/cb" and rows[0]["message"]["status"] == "SENDING"
     assert "webhooks" in [n.payload for n in conn.notifies(timeout=0.5, stop_after=3)]
+
+
+def test_outbox_gauges_count_waiting_and_abandoned_and_old_abandoned_callbacks_are_forgotten(conn: Conn) -> None:
+    key = add_key(conn)
+    waiting, old, recent = (add_message(conn, "http://127.0.0.1:9/cb", key) for _ in range(3))
+    for message_id in (waiting, old, recent):
+        move(conn, message_id, "SENDING")
+    given_up = ("UPDATE webhook_outbox SET abandoned_at = now() - make_interval(days => %(days)s)"
+                " WHERE message_id = %(m)s")
+    conn.execute(given_up, {"m": old, "days": 31})
+    conn.execute(given_up, {"m": recent, "days": 29})
+
+    WebhooksService(WebhooksSettings()).refresh_depth(conn)
+    remaining = {r["message_id"]: r["abandoned_at"] is not None for r in conn.execute(OUTBOX).fetchall()}
+    assert remaining == {waiting: False, recent: True}
+    for state in ("waiting", "abandoned"):
+        assert REGISTRY.get_sample_value("smsbus_webhooks_outbox_depth", {"state": state}) == 1
 
 
 def test_every_status_change_is_posted_signed_in_order_and_leaves_the_outbox(
@@ -216,8 +224,10 @@ def test_kill_9_mid_delivery_loses_nothing_and_keeps_each_messages_order(
     messages = [add_message(conn, receiver.url + "/cb", key) for _ in range(4)]
     for message_id in messages:
         move(conn, message_id, *LIFE)
-    # the first requests are in flight (the receiver holds them): kill the service there
-    time.sleep(0.3)
+    # the first requests are in flight (claimed, leased, the receiver holding them): kill there
+    wait_for(lambda: conn.execute("SELECT 1 FROM webhook_outbox WHERE attempts = 0 AND next_attempt_at > now()")
+             .fetchone(), what="callbacks claimed")
+    time.sleep(0.2)
     first.kill()
     receiver.control(delay_s=0)
     second = start_service(["smsbus-webhooks"], env, tmp_path / "webhooks-restarted.log")

@@ -30,6 +30,7 @@ from smsbus.bus import (
     MAX_FRAME_BYTES,
     MAX_LINE_BYTES,
     STATUS,
+    TOPIC_PATTERN,
     Notification,
     config_topic,
     decode_frames,
@@ -185,7 +186,14 @@ class Broker:
         self.publish([Notification(STATUS)] + [Notification(config_topic(t)) for t in CONFIG_TABLES])
 
     def forward_database_notifications(self, conn: Connection) -> int:
-        topics = {n.payload for n in conn.notifies(timeout=0)}
+        """Any role of the database may NOTIFY on the channel: a payload that is no topic
+        (a newline would write lines to the listeners) is malformed like any input."""
+        topics = set()
+        for payload in {n.payload for n in conn.notifies(timeout=0)}:
+            if TOPIC_PATTERN.match(payload):
+                topics.add(payload)
+            else:
+                self.malformed.record("postgres", "-", f"bad topic {payload[:40]!r}")
         NOTIFICATIONS_IN.labels("postgres").inc(len(topics))
         self.publish(Notification(t) for t in sorted(topics))
         return len(topics)
