@@ -86,10 +86,11 @@ def test_failed_logins_are_refused_beyond_the_limit(
 
 
 def test_the_first_start_creates_admin_with_a_one_time_password(
-    database_url: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    database_url: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = config.load(cli_env)
     settings.data_path.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)  # as typed in a terminal
     create_first_admin(settings)
     create_first_admin(settings)  # a second start changes nothing
     printed = capsys.readouterr().out
