@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
+from smsbus import access
 from smsbus_webhooks.formats import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from smsbus_webhooks.webhooks import WebhooksService, WebhooksSettings
 from tests.conftest import StartServices
+from tests.peers.api import Api
 from tests.peers.callback_server import CallbackServer
 from tests.peers.processes import ServiceProcess, start_service
 from tests.peers.smsc import start_smsc
@@ -43,6 +46,9 @@ VALUES ('out', '+31612345678', 'hello', %(url)s, %(key)s, %(properties)s, %(chan
 """
 MOVE = "UPDATE messages SET status = %(status)s WHERE id = %(id)s"
 OUTBOX = "SELECT * FROM webhook_outbox ORDER BY id"
+ROUTE_EVERYTHING_TO_SIM = """
+INSERT INTO routing_rules (position, name, condition, channels) VALUES (1, 'all', 'true', '{sim}')
+"""
 
 
 @pytest.fixture
@@ -270,27 +276,47 @@ def test_kannel_and_jasmin_styles_are_called_back_as_those_gateways_do(
     assert all(r["method"] == "POST" for r in taken)
 
 
-def test_a_message_through_router_channel_and_simulator_calls_back_sent_and_delivered_signed(
+def test_messages_sent_over_http_are_called_back_through_router_channel_and_simulator(
     conn: Conn, receiver: CallbackServer, broker: ServiceProcess, start_services: StartServices,
-    service_env: dict[str, str], tmp_path: Path,
+    api: Api, service_env: dict[str, str], tmp_path: Path,
 ) -> None:
+    """SPEC §10 end to end: the api takes a message in its own, Kannel's and Jasmin's form;
+    the router, the SMPP channel and the simulator deliver it; its callbacks arrive as asked."""
     smsc = start_smsc(service_env, tmp_path)
     channel: ServiceProcess | None = None
     try:
         add_channel(conn, smsc)
+        conn.execute(ROUTE_EVERYTHING_TO_SIM)
         channel = start_service(["smsbus-channel-smpp", "--channel", "sim"], service_env, tmp_path / "channel.log")
         smsc.wait_bound()
         start_services("router")
         start_services("webhooks", poll_interval_s="0")
-        key = add_key(conn)
-        message_id = add_message(conn, receiver.url + "/e2e", key, channel="sim")
+        receiver.control(reply="ACK/Jasmin")
+        key = access.create_api_key(conn, "shop", ["send"])
+        name, secret = key.key.split(".", 1)
+        with httpx.Client(base_url=api.url, timeout=10) as client:
+            posted = client.post("/v1/messages", headers={"Authorization": f"Bearer {key.key}"}, json={
+                "to_address": "+31612345678", "body": "hi", "status_callback": receiver.url + "/v1"})
+            kannel = client.get("/cgi-bin/sendsms", params={
+                "username": name, "password": secret, "to": "+31612345679", "text": "hi", "dlr-mask": "9",
+                "dlr-url": receiver.url + "/kannel?type=%d&id=%I"})
+            jasmin = client.post("/send", data={
+                "username": name, "password": secret, "to": "+31612345670", "content": "hi", "dlr": "yes",
+                "dlr-url": receiver.url + "/jasmin", "dlr-level": "3"})
+        assert posted.status_code == 201, posted.text
+        assert (kannel.status_code, jasmin.status_code) == (202, 200), (kannel.text, jasmin.text)
 
-        wait_for(lambda: "DELIVERED" in [json.loads(r["body"])["status"] for r in receiver.requests()],
-                 what="DELIVERED called back")
-        payloads = [verified(r) for r in receiver.requests()]
+        def by_path(path: str) -> list[dict[str, Any]]:
+            return [r for r in receiver.requests() if r["path"] == path]
+
+        wait_for(lambda: len(by_path("/v1")) == 3 and len(by_path("/kannel")) == 2 and len(by_path("/jasmin")) == 2,
+                 what="every callback")
+        payloads = [verified(r, key.callback_secret) for r in by_path("/v1")]
         assert [p["status"] for p in payloads] == ["SENDING", "SENT", "DELIVERED"]
-        assert all(p["message_id"] == message_id and p["channel"] == "sim" for p in payloads)
-        assert payloads[2]["provider_id"] and payloads[2]["report_at"]
+        assert all(p["channel"] == "sim" for p in payloads) and payloads[2]["provider_id"]
+        assert [r["query"]["type"] for r in by_path("/kannel")] == [["8"], ["1"]]
+        assert [parse_qs(r["body"])["message_status"] for r in by_path("/jasmin")] == [["ESME_ROK"], ["DELIVRD"]]
+        wait_for(lambda: outbox_empty(conn), what="outbox empty")
     finally:
         if channel is not None:
             channel.stop()
