@@ -9,6 +9,7 @@ DISTRIBUTIONS += services/channel-gsm
 DISTRIBUTIONS += services/archiver
 DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
+DISTRIBUTIONS += services/campaigns
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install run test soak bench lint clean
@@ -40,12 +41,14 @@ bench: install
 	$(BIN)/python bench/archiver.py
 	$(BIN)/python bench/smpp.py
 	$(BIN)/python bench/gsm.py
+	$(BIN)/python bench/campaigns.py
 
 lint: install
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy --strict shared/smsbus services/broker/smsbus_broker services/triggers/smsbus_triggers \
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
-		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver
+		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
+		services/campaigns/smsbus_campaigns
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
