@@ -103,7 +103,9 @@ def test_a_csv_load_counts_invalid_duplicate_and_opted_out_rows(conn: Conn, tmp_
         {"address": "+31612345006", "fields": {"name": "Émile", "code": "66"}},
     ]
     rejected = conn.execute("SELECT line, address, reason FROM campaign_rejected_rows ORDER BY line").fetchall()
-    assert [(r["line"], r["reason"]) for r in rejected] == [(3, "duplicate"), (4, "opted_out"), (5, "invalid"), (6, "invalid")]
+    assert [(r["line"], r["reason"]) for r in rejected] == [
+        (3, "duplicate"), (4, "opted_out"), (5, "invalid"), (6, "invalid")
+    ]
     with connect_for(conn) as own:
         # a second load of the same numbers: all duplicates of the first
         again = campaigns.load_addresses(own, "winter", ["+31612345001", "+31612345006"])
@@ -217,3 +219,21 @@ def test_the_cli_creates_loads_previews_and_starts(
     assert refused.returncode == 1 and "RUNNING: it cannot become RUNNING" in refused.stderr
     missing = smsbus("campaigns", "load", "spring", "--csv", str(tmp_path / "nope.csv"))
     assert missing.returncode == 1 and "--csv: cannot read" in missing.stderr
+
+
+def test_the_python_api_creates_loads_and_starts_a_campaign_in_one_call(conn: Conn) -> None:
+    import smsbus
+
+    with connect_for(conn) as own:
+        started = smsbus.campaign(
+            "script", template="Hi {name}", rate_per_s=2, conn=own, start=True,
+            recipients=[{"address": "+31612345001", "name": "Ann"}, {"address": "bad", "name": "Bob"}],
+        )
+        own.commit()
+        assert started.state == "RUNNING" and started.rate_per_s == 2
+        with pytest.raises(campaigns.CampaignNotFound):
+            smsbus.campaign("unknown", conn=own)
+    assert conn.execute("SELECT address, fields FROM campaign_recipients").fetchall() == [
+        {"address": "+31612345001", "fields": {"name": "Ann"}}
+    ]
+    assert conn.execute("SELECT reason FROM campaign_rejected_rows").fetchall() == [{"reason": "invalid"}]

@@ -42,6 +42,7 @@ SERVICE_MODULES = (
     "smsbus_archiver.archiver",
     "smsbus_channel_smpp.channel_smpp",
     "smsbus_channel_gsm.channel_gsm",
+    "smsbus_campaigns.campaigns",
 )
 # labels Prometheus adds to every series, and a histogram's bucket bound
 SCRAPE_LABELS = {"job", "instance", "le"}
@@ -103,6 +104,7 @@ def test_every_dashboard_expression_names_existing_metrics_and_labels() -> None:
 def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
     from smsbus.archive import ArchiverSettings
     from smsbus_broker.broker import BrokerSettings
+    from smsbus_campaigns.campaigns import CampaignsSettings
     from smsbus_router.router import RouterSettings
     from smsbus_triggers.triggers import TriggersSettings
 
@@ -115,5 +117,6 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
         "router": RouterSettings().metrics_port,
         "triggers": TriggersSettings().metrics_port,
         "archiver": ArchiverSettings().metrics_port,
+        "campaigns": CampaignsSettings().metrics_port,
     }
     assert scraped == {job: str(port) for job, port in defaults.items()}
