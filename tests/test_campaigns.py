@@ -237,3 +237,12 @@ def test_the_python_api_creates_loads_and_starts_a_campaign_in_one_call(conn: Co
         {"address": "+31612345001", "fields": {"name": "Ann"}}
     ]
     assert conn.execute("SELECT reason FROM campaign_rejected_rows").fetchall() == [{"reason": "invalid"}]
+
+
+def test_show_follow_draws_progress_until_the_campaign_ends(conn: Conn, smsbus: Callable[..., Result]) -> None:
+    make_campaign(conn, template="Hi {address}")
+    assert smsbus("campaigns", "load", "winter", "--to", "+31612345001", "+31612345002").returncode == 0
+    assert smsbus("campaigns", "cancel", "winter").returncode == 0
+    followed = smsbus("campaigns", "show", "winter", "--follow")
+    assert followed.returncode == 0
+    assert followed.stdout.startswith("CANCELLED") and "0/2 messaged" in followed.stdout

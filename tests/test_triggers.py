@@ -331,6 +331,32 @@ def test_claims_of_a_vanished_process_go_back_to_be_claimed_again(
     assert row(conn, message_id)["trigger_status"] == "PROCESSED"
 
 
+def test_a_message_left_processing_by_a_vanished_process_is_run_again(
+    service: Triggers, conn: Conn, worker_conn: Conn, database_url: str
+) -> None:
+    add_order_trigger(conn, "a")
+    message_id = incoming(conn)
+    with db.connect(database_url) as crashed:
+        # its script was running, with no transaction open, when the process died
+        crashed.execute("UPDATE messages SET trigger_status = 'PROCESSING', trigger_owner_pid = pg_backend_pid()")
+        crashed.commit()
+        assert run_until_idle(service, worker_conn) == 0
+    assert row(conn, message_id)["trigger_status"] == "PROCESSING"
+
+    assert run_until_idle(service, worker_conn) == 1
+    assert (row(conn, message_id)["trigger_status"], row(conn, message_id)["properties"]) == (
+        "PROCESSED", {"order": ["a"]}
+    )
+
+
+def test_a_timeout_past_the_idle_transaction_limit_is_refused_and_capped(conn: Conn) -> None:
+    with pytest.raises(triggers.InvalidTrigger, match="timeout: must be more than 0 and at most 50 seconds"):
+        add(conn, "long", "SELECT $1", language="sql", timeout_s=300)
+    conn.execute("INSERT INTO triggers (position, name, condition, language, script, timeout)"
+                 " VALUES (1, 'by-sql', 'true', 'sql', 'SELECT $1', interval '10 minutes')")
+    assert triggers.find_trigger(conn, "by-sql").timeout_s == triggers.MAX_TIMEOUT_S
+
+
 def test_a_trigger_created_message_is_queued_and_announced_by_the_database(
     service: Triggers, conn: Conn, worker_conn: Conn
 ) -> None:

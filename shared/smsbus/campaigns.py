@@ -183,6 +183,7 @@ CANCEL_PENDING_RECIPIENTS = """
 UPDATE campaign_recipients SET state = 'CANCELLED' WHERE campaign_id = %(id)s AND state = 'PENDING'
 """
 
+NO_STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = 0"
 CREATE_STAGING = """
 CREATE TEMPORARY TABLE campaign_staging (
     line        bigint NOT NULL,
@@ -501,6 +502,8 @@ def load_rows(
     address_index = names.index(pick_address_column(names, address_column))
     field_names = [name for i, name in enumerate(names) if i != address_index]
     normaliser = AddressNormaliser(campaign.default_region)
+    # a million rows may take longer than an ordinary statement may (smsbus.db's timeout)
+    conn.execute(NO_STATEMENT_TIMEOUT)
     conn.execute(CREATE_STAGING)
     read = 0
     try:

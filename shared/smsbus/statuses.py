@@ -126,8 +126,10 @@ TRIGGER_MOVES: dict[TriggerStatus, frozenset[TriggerStatus]] = {
     TriggerStatus.NOT_APPLICABLE: frozenset({TriggerStatus.PENDING}),
     # N/A again: the process that claimed it is gone, another may take it
     TriggerStatus.PENDING: frozenset({TriggerStatus.PROCESSING, TriggerStatus.NOT_APPLICABLE}),
+    # N/A again from PROCESSING too: its process died while a script ran (at-least-once)
     TriggerStatus.PROCESSING: frozenset(
         {
+            TriggerStatus.NOT_APPLICABLE,
             TriggerStatus.PROCESSED,
             TriggerStatus.NOMATCH,
             TriggerStatus.NOTRIGGERS,

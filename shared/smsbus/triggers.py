@@ -19,10 +19,16 @@ import psycopg
 from psycopg import sql
 
 from smsbus import queue
+from smsbus.db import IDLE_IN_TRANSACTION_TIMEOUT_S
 from smsbus.errors import SmsbusError
 from smsbus.statuses import TRIGGERS_DONE, TriggerStatus, check_trigger_move
 
 Language = Literal["python", "sql"]
+
+# A SQL trigger runs inside the message's transaction: stopped well before PostgreSQL would
+# end the session for an idle transaction. Python scripts run with no transaction open, but
+# share the cap so one number bounds every trigger.
+MAX_TIMEOUT_S = IDLE_IN_TRANSACTION_TIMEOUT_S - 10
 LANGUAGES: tuple[str, ...] = ("python", "sql")
 
 
@@ -42,7 +48,8 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def timeout_s(self) -> float:
-        return self.timeout.total_seconds()
+        """The timeout it runs with: a row saved by plain SQL beyond the cap gets the cap."""
+        return min(self.timeout.total_seconds(), MAX_TIMEOUT_S)
 
     @property
     def digest(self) -> str:
@@ -249,8 +256,8 @@ def _check_name(name: str) -> None:
 
 
 def _check_timeout(timeout_s: float) -> None:
-    if not timeout_s > 0:
-        raise InvalidTrigger("timeout", f"must be more than 0 seconds, got {timeout_s}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise InvalidTrigger("timeout", f"must be more than 0 and at most {MAX_TIMEOUT_S} seconds, got {timeout_s}")
 
 
 # -- trigger_status -----------------------------------------------------------------------

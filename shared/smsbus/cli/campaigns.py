@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -120,11 +120,19 @@ class LoadBar:
             return
         rate = rows / max(time.monotonic() - self.started, 1e-6)
         done = self.file.buffer.tell() / self.total_bytes if self.total_bytes else None
-        print(f"\r{bar(done)} {rows:,} rows  {rate:,.0f} rows/s", end="", file=sys.stderr, flush=True)
+        redraw(f"{bar(done)} {rows:,} rows  {rate:,.0f} rows/s", sys.__stderr__)
 
     def finish(self) -> None:
         if self.shown:
             print(file=sys.stderr)
+
+
+def redraw(line: str, terminal: TextIO | None) -> None:
+    """Over the line drawn before: a carriage return, written past the CLI's escaping of
+    control characters (smsbus.cli.output), which is for text from outside, not this line."""
+    if terminal is not None:
+        terminal.write("\r" + line)
+        terminal.flush()
 
 
 def bar(fraction: float | None) -> str:
@@ -247,11 +255,15 @@ def follow(conn: Any, key: str) -> None:
         rate = (done - last[1]) / (now - last[0]) if last is not None else 0.0
         last = (now, done)
         delivered = state.messages.get("DELIVERED", 0)
-        line = (f"\r{state.campaign.state:9} {bar(done / total if total else 1.0)} {done:,}/{total:,} messaged"
+        line = (f"{state.campaign.state:9} {bar(done / total if total else 1.0)} {done:,}/{total:,} messaged"
                 f"  {delivered:,} delivered  {rate:,.0f}/s")
-        print(line, end="", flush=True)
+        if sys.stdout.isatty():
+            redraw(line, sys.__stdout__)
+        else:
+            print(line, flush=True)
         if state.campaign.state in (campaigns.FINISHED, campaigns.CANCELLED):
-            print()
+            if sys.stdout.isatty():
+                print()
             return
         time.sleep(1.0)
 
