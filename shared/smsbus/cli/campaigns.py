@@ -250,7 +250,7 @@ def follow(conn: Any, key: str) -> None:
         state = campaigns.progress(conn, key)
         conn.commit()
         total = sum(state.recipients.values())
-        done = total - state.recipients.get("PENDING", 0)
+        done = state.recipients.get("MESSAGED", 0)
         now = time.monotonic()
         rate = (done - last[1]) / (now - last[0]) if last is not None else 0.0
         last = (now, done)
