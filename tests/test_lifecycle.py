@@ -62,6 +62,45 @@ def test_a_python_trigger_sleeping_10_s_on_one_message_delays_no_receipt(
         smsc.stop()
 
 
+def notifications_of(listener: Conn, statement: str, params: Any = ()) -> list[str]:
+    """The payloads on `smsbus` that one autocommitted statement of the listening session caused."""
+    listener.execute(statement, params)
+    return sorted(n.payload for n in listener.notifies(timeout=0.2, stop_after=20))
+
+
+def test_the_database_announces_outgoing_channel_once_per_statement_for_rows_made_ready(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN smsbus")
+        # the router's pass: one announcement per channel touched, and a `nonstatus`
+        unrouted = notifications_of(
+            listener, "INSERT INTO messages (direction, to_address, body)"
+            " SELECT 'out', '+31612345678', 'x' FROM generate_series(1, 6)",
+        )
+        assert unrouted == ["status"]
+        passed = notifications_of(
+            listener, "UPDATE messages SET routed_at = now(),"
+            " channel = CASE WHEN mod(id, 3) = 0 THEN 'kpn' ELSE 'vodafone' END WHERE id <= 5",
+        )
+        assert passed == ["nonstatus", "outgoing.kpn", "outgoing.vodafone"]
+        # a routed row inserted by plain SQL wakes its channel too
+        inserted = notifications_of(
+            listener, "INSERT INTO messages (direction, to_address, body, channel, routed_at)"
+            " VALUES ('out', '+31612345678', 'y', 'kpn', now())",
+        )
+        assert inserted == ["outgoing.kpn", "status"]
+        # the channel's claim, an unrelated edit, rows ready before and still: no wake-up
+        claimed = notifications_of(listener, "UPDATE messages SET status = 'SENDING' WHERE channel = 'kpn'")
+        assert claimed == ["status"]
+        edited = notifications_of(listener, "UPDATE messages SET properties = '{\"a\": 1}' WHERE channel = 'vodafone'")
+        assert edited == ["nonstatus"]
+        # a name no topic can carry is not announced
+        odd = notifications_of(
+            listener, "INSERT INTO messages (direction, to_address, body, channel, routed_at)"
+            " VALUES ('out', '+31612345678', 'z', 'Not A Topic!', now())",
+        )
+        assert odd == ["status"]
+
+
 def wait_for_trigger_status(conn: Conn, message_id: int, wanted: set[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while message(conn, message_id)["trigger_status"] not in wanted:

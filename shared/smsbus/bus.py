@@ -28,6 +28,8 @@ STATUS = "status"
 NONSTATUS = "nonstatus"
 CONFIG = "config"
 OUTGOING = "outgoing"
+# the webhook outbox has callbacks to deliver (its trigger's NOTIFY)
+WEBHOOKS = "webhooks"
 # a campaign was made, or changed state or pacing (wakes the campaigns service)
 CAMPAIGNS = "campaigns"
 # what an outside program may announce through UDP or a TCP line

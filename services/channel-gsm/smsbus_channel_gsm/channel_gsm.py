@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from smsbus import channel_health, metrics, queue
 from smsbus.backoff import Backoff
-from smsbus.bus import STATUS, Publisher, outgoing_topic
+from smsbus.bus import Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, GsmSettings, start_channel
 from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, join_payloads, segment_text
 from smsbus.loop import Connection, LoopSettings, Watch, run
@@ -973,8 +973,8 @@ def main(argv: list[str] | None = None) -> None:
             service=f"{SERVICE}-{row.name}",
             loop=LoopSettings(poll_interval_s=row.settings.poll_interval_s, metrics_port=row.settings.metrics_port),
             step=channel.step,
-            # `status` too: a row routed by plain SQL (routed_at set) announces only `status`
-            wake_on=[outgoing_topic(row.name), STATUS],
+            # the database announces it for rows made ready for this channel (0031)
+            wake_on=[outgoing_topic(row.name)],
             watches=channel.watches,
             next_wake=channel.next_wake,
         )

@@ -10,6 +10,8 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from smsbus.config import CONFIG_ENV, Settings, config_file
 from smsbus.embedded_pg import EmbeddedPostgres
 from smsbus.errors import NotRunning, SmsbusError
 from smsbus.migrate import migrate
+from smsbus.privileges import ensure_service_user, open_path_to, started_as_root
 from smsbus.supervisor import POSTGRES_PROGRAM, Supervisor, start
 
 EXIT_SOME_NOT_RUNNING = 1
@@ -40,8 +43,10 @@ def run_up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(settings)
     if supervisor.is_running():
         raise SmsbusError("smsbus is already running (see `smsbus status`, stop with `smsbus down`)")
+    opened = []
     if settings.uses_embedded_postgres:
-        EmbeddedPostgres(settings.data_path).ensure_initialized()
+        opened = EmbeddedPostgres(settings.data_path, settings.service_user).ensure_initialized()
+    _prepare_service_user(settings, opened)
     _export_for_services(settings)
 
     process = start(settings, nodaemon=not args.detach)
@@ -61,6 +66,21 @@ def run_up(args: argparse.Namespace) -> int:
         raise
 
 
+def _prepare_service_user(settings: Settings, opened: list[Path]) -> None:
+    """Started as root: the services' system user exists and can reach what it runs from
+    (the virtualenv, the Python it was made from, the config file); `opened`: folders already
+    made passable for it."""
+    if not started_as_root():
+        return
+    user = ensure_service_user(settings.service_user)
+    needed = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable))]
+    path = config_file()
+    if path is not None:
+        needed.append(path)
+    for folder in opened + [f for p in needed for f in open_path_to(user, p)]:
+        print(f"made {folder} passable (o+x, not listable) for the services' user {user.pw_name}")
+
+
 def _export_for_services(settings: Settings) -> None:
     """supervisord's children inherit our environment: give them the same configuration."""
     os.environ["SMSBUS_DATABASE_URL"] = settings.resolved_database_url()
@@ -71,7 +91,7 @@ def _export_for_services(settings: Settings) -> None:
 
 def _prepare_database(settings: Settings) -> None:
     if settings.uses_embedded_postgres:
-        embedded = EmbeddedPostgres(settings.data_path)
+        embedded = EmbeddedPostgres(settings.data_path, settings.service_user)
         embedded.wait_ready()
         embedded.ensure_database()
     for name in migrate(settings.resolved_database_url()):
