@@ -9,6 +9,7 @@ DISTRIBUTIONS += services/channel-gsm
 DISTRIBUTIONS += services/archiver
 DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
+DISTRIBUTIONS += services/api
 DISTRIBUTIONS += services/webhooks
 DISTRIBUTIONS += services/campaigns
 INSTALLED := $(VENV)/.installed
@@ -53,6 +54,7 @@ lint: install
 	$(BIN)/mypy --strict shared/smsbus services/broker/smsbus_broker services/triggers/smsbus_triggers \
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
 		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
+		services/api/smsbus_api \
 		services/webhooks/smsbus_webhooks services/campaigns/smsbus_campaigns
 
 clean:

@@ -24,7 +24,7 @@ from smsbus.migrate import migrate
 from tests.peers.processes import ServiceProcess, service_environment, start_service
 
 # the CLI-in-process and supervisord fixtures
-pytest_plugins = ["tests.peers.cli"]
+pytest_plugins = ["tests.peers.cli", "tests.peers.api"]
 
 TEST_SERVER_SETTINGS = {
     # a test server holds nothing worth a crash-safe write

@@ -253,6 +253,9 @@ def test_scheduled_messages_are_released_when_due_and_then_routed(conn: Conn, wo
         ("to_address LIKE", 'syntax error at or near ")"'),
         ("to_address", "argument of AND must be type boolean"),
         ("nosuchfunction(body)", "function nosuchfunction(text) does not exist"),
+        # valid after 0009's `WHERE false AND (...)`, not inside the router's CASE WHEN
+        ("true) ORDER BY (1", 'syntax error at or near "ORDER"'),
+        ("true), (false", 'syntax error at or near ","'),
     ],
 )
 def test_a_bad_condition_is_refused_on_save_with_postgresqls_message(

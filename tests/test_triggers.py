@@ -486,24 +486,25 @@ def test_a_sql_script_past_its_timeout_is_cancelled_on_every_message(
     assert row(conn, slow[1])["properties"]["order"] == ["after"]
 
 
-def test_a_condition_saved_by_plain_sql_that_cannot_compile_fails_the_messages_naming_it(
-    service: Triggers, conn: Conn, worker_conn: Conn
+@pytest.mark.parametrize(
+    ("condition", "says"),
+    [("nope = 1", 'column "nope" does not exist'), ("true) ORDER BY (1", 'syntax error at or near "ORDER"'),
+     ("true), (false", 'syntax error at or near ","')],
+)
+def test_a_condition_that_could_not_run_is_refused_when_saved_by_the_cli_or_plain_sql(
+    conn: Conn, condition: str, says: str
 ) -> None:
-    conn.execute(
-        "INSERT INTO triggers (position, name, condition, language, script)"
-        " VALUES (1, 'typo', 'nope = 1', 'sql', 'SELECT $1')"
-    )
-    message_id = incoming(conn)
-    run_until_idle(service, worker_conn)
-    failed = row(conn, message_id)
-    assert (failed["trigger_status"], failed["trigger_error"]) == (
-        "FAILED", 'condition of trigger typo: column "nope" does not exist'
-    )
-
-    conn.execute("UPDATE triggers SET condition = 'true'")
-    assert triggers.reprocess(conn, [message_id]) == {message_id: None}
-    run_until_idle(service, worker_conn)
-    assert row(conn, message_id)["trigger_status"] == "PROCESSED"
+    with pytest.raises(triggers.InvalidTrigger, match="condition: PostgreSQL refused it") as refused:
+        add(conn, "typo", "SELECT $1", condition=condition, language="sql")
+    assert says in str(refused.value)
+    with pytest.raises(psycopg.errors.Error) as by_sql:
+        conn.execute(
+            "INSERT INTO triggers (position, name, condition, language, script)"
+            " VALUES (1, 'typo', %(condition)s, 'sql', 'SELECT $1')", {"condition": condition}
+        )
+    assert f'condition of trigger "typo" refused: {says}' in str(by_sql.value)
+    assert by_sql.value.diag.column_name == "condition"
+    assert triggers.list_triggers(conn) == []
 
 
 def test_a_script_can_send_a_failed_message_again_through_another_channel_and_the_router(

@@ -71,7 +71,8 @@ INCOMING: frozenset[Status] = frozenset({Status.CREATING, Status.RECEIVING, Stat
 # from -> the statuses it may move to. Anything not listed is refused.
 ALLOWED_MOVES: dict[Status, frozenset[Status]] = {
     Status.CREATING: frozenset({Status.SCHEDULED, Status.QUEUED, Status.RECEIVING}),
-    Status.SCHEDULED: frozenset({Status.QUEUED}),
+    # released by the router, or cancelled by an operator before its time
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.FAILED}),
     # router outcomes; a channel claims; a message that can never be sent fails
     Status.QUEUED: frozenset(
         {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -87,8 +87,8 @@ UPDATE triggers AS t SET position = o.position
 FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS o(id, position)
 WHERE t.id = o.id AND t.position <> o.position
 """
-# the same template the service evaluates conditions with, so what passes here runs there
-CHECK_CONDITION = "PREPARE smsbus_check_condition AS SELECT ({condition}) IS TRUE FROM messages"
+# the query the service evaluates conditions with, so what passes here runs there
+CHECK_CONDITION = "PREPARE smsbus_check_condition AS {query}"
 CHECK_SQL_SCRIPT = "PREPARE smsbus_check_script(bigint) AS {script}"
 SELECT_SCRIPT_PARAMETERS = """
 SELECT cardinality(parameter_types) AS parameters FROM pg_prepared_statements
@@ -102,6 +102,19 @@ def condition_sql(condition: str) -> str:
     """A condition as an SQL expression: on lines of its own, so a trailing `--` comment
     cannot swallow what follows."""
     return f"(\n{condition}\n)"
+
+
+def matching_triggers_query(conditions: Sequence[tuple[str, int]]) -> bytes:
+    """Per message id ($1: the ids), the ids of the triggers (condition, id) whose condition
+    holds, in the order given: the triggers service's one query per batch."""
+    cases = ",\n".join(
+        f"CASE WHEN {condition_sql(condition)} IS TRUE THEN {int(trigger_id)}::bigint END"
+        for condition, trigger_id in conditions
+    )
+    return (
+        f"SELECT id, array_remove(ARRAY[\n{cases}\n]::bigint[], NULL) AS matched\n"
+        "FROM messages WHERE id = ANY($1)"
+    ).encode()
 
 
 def list_triggers(conn: psycopg.Connection[Any], *, enabled_only: bool = False) -> list[Trigger]:
@@ -128,7 +141,8 @@ def check_trigger(conn: psycopg.Connection[Any], condition: str, language: str, 
         raise InvalidTrigger("language", f"{language!r} is not one of {', '.join(LANGUAGES)}")
     if not script.strip():
         raise InvalidTrigger("script", "empty")
-    with _prepared(conn, "condition", CHECK_CONDITION.format(condition=condition_sql(condition))):
+    query = matching_triggers_query([(condition, 0)]).decode()
+    with _prepared(conn, "condition", CHECK_CONDITION.format(query=query)):
         pass
     if language == "python":
         check_python_script(script)

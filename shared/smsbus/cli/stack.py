@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from smsbus import channels, config, db, queue
+from smsbus import access, channels, config, db, queue
 from smsbus.config import CONFIG_ENV, Settings, config_file
 from smsbus.embedded_pg import EmbeddedPostgres
 from smsbus.errors import NotRunning, SmsbusError
@@ -53,6 +53,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         supervisor.wait_running()
         _prepare_database(settings)
+        _create_first_admin(settings)
         _add_channel_programs(settings, supervisor)
         started = supervisor.start_stopped(exclude={POSTGRES_PROGRAM})
         print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
@@ -96,6 +97,27 @@ def _prepare_database(settings: Settings) -> None:
         embedded.ensure_database()
     for name in migrate(settings.resolved_database_url()):
         print(f"applied {name}")
+
+
+FIRST_ADMIN = "admin"
+FIRST_ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def _create_first_admin(settings: Settings) -> None:
+    """On the first start (no user at all): `admin` with a random one-time password, printed
+    once and kept in <data_dir>/admin-password (0600) for whoever missed the terminal."""
+    with db.connect(settings.resolved_database_url(), application="smsbus-cli") as conn:
+        if access.has_users(conn):
+            return
+        password = access.new_secret()
+        access.add_user(conn, FIRST_ADMIN, "admin", password)
+        path = settings.data_path / FIRST_ADMIN_PASSWORD_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(password + "\n")
+        conn.commit()
+    print(f"created user {FIRST_ADMIN} with one-time password {password}"
+          f" (also in {path}; change it with `smsbus users passwd {FIRST_ADMIN}`)")
 
 
 def _add_channel_programs(settings: Settings, supervisor: Supervisor) -> None:
