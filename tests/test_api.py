@@ -106,3 +106,48 @@ def test_a_key_without_the_scope_or_revoked_is_refused(api: Api) -> None:
         gone = anonymous.get("/v1/messages", headers={"X-API-Key": revoked})
     assert wrong.status_code == 401 and gone.status_code == 401
     assert wrong.headers["content-type"].startswith("application/problem+json")
+
+
+def test_channels_rules_and_triggers_are_configured_as_the_cli_does(api: Api) -> None:
+    smpp = {"name": "kpn", "type": "smpp", "settings": {"host": "127.0.0.1", "system_id": "me", "password": "s3cret"}}
+    with api.client() as client:
+        added = client.post("/v1/channels", json=smpp)
+        assert added.status_code == 201, added.text
+        assert added.json()["programs"] is None  # smsbus is not running under supervisord here
+        assert added.json()["channel"]["settings"]["password"] == "***"
+        bad = client.post("/v1/channels", json={**smpp, "name": "other", "settings": {"host": "x", "port": "no"}})
+        assert bad.status_code == 422 and "port" in bad.json()["detail"], bad.text
+        assert client.post("/v1/channels/kpn/disable").json()["channel"]["enabled"] is False
+        assert [c["name"] for c in client.get("/v1/channels").json()] == ["kpn"]
+
+        for name in ("first", "second"):
+            rule = {"name": name, "condition": "to_address LIKE '+31%'", "channels": ["kpn"]}
+            assert client.post("/v1/rules/routing", json=rule).status_code == 201
+        moved = client.post("/v1/rules/routing/second/move", json={"position": 1}).json()
+        assert [r["name"] for r in moved] == ["second", "first"]
+        refused = client.post("/v1/rules/blocking", json={"name": "b", "condition": "no_such_column = 1"})
+        assert refused.status_code == 422 and "no_such_column" in refused.json()["detail"], refused.text
+        explained = client.post("/v1/route/explain", json={"to_address": "+31612345678", "body": "hi"})
+        assert explained.status_code == 200, explained.text
+        assert 'routing rule: "second"' in "\n".join(explained.json()["lines"])
+
+        trigger = {"name": "t", "language": "sql", "script": "SELECT 1", "condition": "direction = 'in'"}
+        assert client.post("/v1/triggers", json=trigger).status_code == 201
+        assert client.post("/v1/triggers/t/disable").json()["enabled"] is False
+        broken = client.patch("/v1/triggers/t", json={"script": "SELEC 1"})
+        assert broken.status_code == 422 and broken.json()["field"] == "script", broken.text
+        queue = client.get("/v1/queue", params={"counts": "true"}).json()
+        assert queue == {"waiting": [], "counts": []}
+
+
+def test_requeue_and_cancel_move_only_what_may_move(api: Api, conn: psycopg.Connection[Any]) -> None:
+    with api.client() as client:
+        queued = client.post("/v1/messages", json={"to_address": "+31612345678", "body": "x"}).json()["id"]
+        assert client.post(f"/v1/messages/{queued}/requeue").status_code == 409
+        cancelled = client.post(f"/v1/messages/{queued}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert client.post(f"/v1/messages/{queued}/cancel").status_code == 409
+        assert client.post(f"/v1/messages/{queued}/requeue").status_code == 200
+        assert client.post("/v1/messages/999999/cancel").status_code == 404
+    row = conn.execute("SELECT status, error FROM messages WHERE id = %s", [queued]).fetchone()
+    assert row == {"status": "QUEUED", "error": None}

@@ -16,12 +16,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from smsbus.channel_settings import GsmSettings, validate_settings
+from smsbus.config import Settings
 from smsbus.db import translate_refusal
 from smsbus.errors import SmsbusError
-from smsbus.supervisor import ChannelProgram
+from smsbus.supervisor import ChannelProgram, Supervisor
 
 # supervisord's wait after SIGTERM for a channel type with nothing longer to finish
 DEFAULT_STOP_WAIT_S = 10
+# settings never shown back (CLI `show`, the api): SMPP passwords, SIM PINs
+SECRET_SETTINGS = frozenset({"pin", "password"})
 
 INSERT_CHANNEL = """
 INSERT INTO channels (name, type, enabled, settings, report_timeout, max_rate, daily_limit)
@@ -128,3 +131,19 @@ def _one(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], name
     if row is None:
         raise ChannelNotFound(name)
     return dict(row)
+
+
+def follow_in_supervisor(settings: Settings, conn: psycopg.Connection[Any]) -> dict[str, list[str]] | None:
+    """Make the channel programs follow the table now (programs started, restarted, stopped);
+    None when smsbus is not running under supervisord: they follow at `smsbus up`."""
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return None
+    try:
+        return supervisor.sync_channels(settings, enabled_programs(conn))
+    except OSError as e:
+        raise SmsbusError(f"supervisord did not take the change: {e}") from None
+
+
+def masked_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: "***" if k in SECRET_SETTINGS else v for k, v in settings.items()}

@@ -13,7 +13,8 @@ from typing import Annotated
 import msgspec
 import uvicorn
 
-from smsbus import config, log
+import smsbus.config as config
+import smsbus.log as log
 from smsbus.config import Port, Seconds
 from smsbus.errors import ConfigError
 

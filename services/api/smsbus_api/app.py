@@ -15,7 +15,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from smsbus.config import Settings
 from smsbus.errors import SmsbusError
-from smsbus_api import health, messages, sessions
+from smsbus_api import configuration, health, messages, sessions
 from smsbus_api.api import ApiSettings
 from smsbus_api.auth import KeyCache, require_scope
 from smsbus_api.database import Database
@@ -25,7 +25,7 @@ VERSION = "1.0.0"
 # Swagger UI's files, from the swagger-ui-bundle wheel (these servers often have no internet)
 DOCS_ASSETS = "/v1/docs-assets"
 
-ROUTES = [*health.ROUTES, *sessions.ROUTES, *messages.ROUTES]
+ROUTES = [*health.ROUTES, *sessions.ROUTES, *messages.ROUTES, *configuration.ROUTES]
 
 
 def openapi_config() -> OpenAPIConfig:

@@ -15,7 +15,8 @@ from litestar import Request, Response, get, post
 from litestar.params import Parameter
 from psycopg.types.json import Jsonb
 
-from smsbus import queue, triggers
+import smsbus.queue as queue
+import smsbus.triggers as triggers
 from smsbus.archive import get_archived
 from smsbus.db import translate_refusal
 from smsbus.errors import InvalidMessage, MessageNotFound

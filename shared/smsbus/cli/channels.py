@@ -18,8 +18,6 @@ import psycopg
 
 from smsbus import channels, config, db
 from smsbus.channel_settings import SETTINGS_TYPES
-from smsbus.errors import SmsbusError
-from smsbus.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -175,9 +173,8 @@ def run_show(args: argparse.Namespace) -> int:
         row = channels.get_channel(conn, args.name)
     for field in ("name", "type", "enabled", "report_timeout", "max_rate", "daily_limit", "created_at", "updated_at"):
         print(f"{field:15} {'-' if row[field] is None else row[field]}")
-    secrets = {"pin", "password"}
-    for field, value in sorted(row["settings"].items()):
-        print(f"settings.{field:6} {'***' if field in secrets else json.dumps(value)}")
+    for field, value in sorted(channels.masked_settings(row["settings"]).items()):
+        print(f"settings.{field:6} {value if field in channels.SECRET_SETTINGS else json.dumps(value)}")
     return 0
 
 
@@ -202,15 +199,10 @@ def run_toggle(args: argparse.Namespace) -> int:
 
 def follow_in_supervisor(conn: psycopg.Connection[Any]) -> None:
     """The programs follow the table now when smsbus is up; otherwise at `smsbus up`."""
-    settings = config.load()
-    supervisor = Supervisor(settings)
-    if not supervisor.is_running():
+    changes = channels.follow_in_supervisor(config.load(), conn)
+    if changes is None:
         print("smsbus is not running: the channel programs follow at `smsbus up`")
         return
-    try:
-        changes = supervisor.sync_channels(settings, channels.enabled_programs(conn))
-    except OSError as e:
-        raise SmsbusError(f"supervisord did not take the change: {e}") from None
     for verb, programs in changes.items():
         for program in programs:
             print(f"{verb} program {program}")
