@@ -29,6 +29,9 @@ def test_health_ready_and_metrics_answer_without_a_key(api: Api) -> None:
         assert client.get("/readyz").status_code == 200
         assert "smsbus_api_messages_accepted_total" in client.get("/metrics").text
         assert client.get("/v1/openapi.json").json()["openapi"].startswith("3.1")
+        docs = client.get("/v1/docs").text
+        assert "/v1/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+        assert client.get("/v1/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_a_repeated_client_ref_returns_the_first_message(api: Api, conn: psycopg.Connection[Any]) -> None:
@@ -56,7 +59,7 @@ def test_two_concurrent_posts_of_one_client_ref_make_one_row(api: Api, conn: psy
     assert conn.execute("SELECT count(*) AS n FROM messages").fetchone() == {"n": 4}
 
 
-def test_a_batch_is_one_transaction_and_names_the_refused_row(api: Api, conn: psycopg.Connection[Any]) -> None:
+def test_a_batch_is_one_transaction_and_a_refusal_names_the_field(api: Api, conn: psycopg.Connection[Any]) -> None:
     batch = [{"to_address": f"+3161234{i:04d}", "body": f"n{i}", "client_ref": f"b{i % 900}"} for i in range(1000)]
     with api.client() as client:
         response = client.post("/v1/messages", json=batch)
@@ -66,10 +69,9 @@ def test_a_batch_is_one_transaction_and_names_the_refused_row(api: Api, conn: ps
         refused = client.post("/v1/messages", json=bad)
     assert [a["created"] for a in accepted] == [True] * 900 + [False] * 100
     assert accepted[950]["id"] == accepted[50]["id"]
-    assert refused.status_code == 422
+    assert refused.status_code == 400
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["field"] == "[1].to_address"
-    assert refused.json()["constraint"] == "messages_to_address_format"
     assert conn.execute("SELECT count(*) AS n FROM messages").fetchone() == {"n": 900}
 
 

@@ -139,7 +139,7 @@ async def remove_channel(request: Request[Any, Any, Any], name: str) -> ChannelS
     return await save_channel(request, lambda conn: channels.remove_channel(conn, name))
 
 
-@get("/v1/channels/health", opt=scope("read"), summary="What each channel last reported: connected, details")
+@get("/v1/health/channels", opt=scope("read"), summary="What each channel last reported: connected, details")
 async def channel_health(request: Request[Any, Any, Any]) -> list[Row]:
     return await in_transaction(request, lambda conn: [dict(r) for r in conn.execute(SELECT_HEALTH)])
 
@@ -173,10 +173,14 @@ def kind_of(name: str) -> RuleKind:
     return kind
 
 
-@get("/v1/rules/{kind:str}", opt=scope("read"), summary="Blocking or routing rules, in order")
-async def list_rules(request: Request[Any, Any, Any], kind: RuleKindName) -> list[Row]:
-    rule_kind = kind_of(kind)
-    return await in_transaction(request, lambda conn: rules.list_rules(conn, rule_kind))
+@get("/v1/rules/blocking", opt=scope("read"), summary="Blocking rules, in order")
+async def list_blocking_rules(request: Request[Any, Any, Any]) -> list[Row]:
+    return await in_transaction(request, lambda conn: rules.list_rules(conn, RuleKind.BLOCK))
+
+
+@get("/v1/rules/routing", opt=scope("read"), summary="Routing rules, in order")
+async def list_routing_rules(request: Request[Any, Any, Any]) -> list[Row]:
+    return await in_transaction(request, lambda conn: rules.list_rules(conn, RuleKind.ROUTE))
 
 
 @get("/v1/rules/{kind:str}/{ref:str}", opt=scope("read"), summary="One rule, by name or id")
@@ -402,7 +406,8 @@ async def queue_depth(
 
 ROUTES = [
     list_channels, channel_health, show_channel, add_channel, change_channel, enable_channel, disable_channel,
-    remove_channel, list_rules, show_rule, add_blocking_rule, add_routing_rule, remove_rule, move_rule,
+    remove_channel, list_blocking_rules, list_routing_rules, show_rule, add_blocking_rule, add_routing_rule,
+    remove_rule, move_rule,
     explain_route, list_triggers, show_trigger, add_trigger, edit_trigger, enable_trigger, disable_trigger,
     remove_trigger, move_trigger, test_trigger, queue_depth,
 ]
