@@ -12,7 +12,21 @@ from collections.abc import Sequence
 
 import psycopg
 
-from smsbus.cli import access, archive, bus, campaigns, channels, db, messages, notify, route, rules, send, stack, triggers
+from smsbus.cli import (
+    access,
+    archive,
+    bus,
+    campaigns,
+    channels,
+    db,
+    messages,
+    notify,
+    route,
+    rules,
+    send,
+    stack,
+    triggers,
+)
 from smsbus.cli.output import escaped_output
 from smsbus.errors import NotRunning, SmsbusError
 
