@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/archiver.py
 	$(BIN)/python bench/smpp.py
 	$(BIN)/python bench/gsm.py
+	$(BIN)/python bench/api.py
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/campaigns.py
