@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from urllib.parse import quote
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
