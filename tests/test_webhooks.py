@@ -220,7 +220,7 @@ def test_500_slow_and_unreachable_receivers_are_retried_or_given_up_with_credent
 def test_a_slow_receiver_holds_one_request_not_the_other_messages_callbacks(
     conn: Conn, receiver: CallbackServer, broker: ServiceProcess, start_services: StartServices
 ) -> None:
-    start_services("webhooks", request_timeout_s="3", lease_s="5", stop_within_s=4, **FAST_RETRIES)
+    start_services("webhooks", request_timeout_s="3", lease_s="7", stop_within_s=4, **FAST_RETRIES)
     receiver.control(delay_s=2, delay_path="/slow")
     slow, fast = add_message(conn, receiver.url + "/slow"), add_message(conn, receiver.url + "/fast")
     move(conn, slow, *LIFE)
@@ -244,13 +244,13 @@ def by_path(receiver: CallbackServer, path: str) -> list[dict[str, Any]]:
 def test_kill_9_mid_delivery_loses_nothing_and_keeps_each_messages_order(
     conn: Conn, receiver: CallbackServer, broker: ServiceProcess, service_env: dict[str, str], tmp_path: Path,
 ) -> None:
-    settings = {"request_timeout_s": "1", "lease_s": "1.5", **FAST_RETRIES}
+    settings = {"request_timeout_s": "0.7", "lease_s": "1.5", **FAST_RETRIES}
     env = {**service_env, "SMSBUS_WEBHOOKS_METRICS_PORT": "0",
            **{f"SMSBUS_WEBHOOKS_{k.upper()}": v for k, v in settings.items()}}
     first = start_service(["smsbus-webhooks"], env, tmp_path / "webhooks-killed.log")
     first.wait_for_log("database connected")
     key = add_key(conn)
-    receiver.control(delay_s=0.6)
+    receiver.control(delay_s=0.4)
     messages = [add_message(conn, receiver.url + "/cb", key) for _ in range(4)]
     for message_id in messages:
         move(conn, message_id, *LIFE)

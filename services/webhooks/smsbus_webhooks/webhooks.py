@@ -66,10 +66,11 @@ OLDEST_WAITING = prometheus_client.Gauge(
 class WebhooksSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # callbacks claimed in one statement at the most
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
-    # requests in flight at once; a step claims as many as there are free
+    # requests in flight at once (threads); as many more may wait claimed
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
     request_timeout_s: PositiveSeconds = 10.0
-    # a claim's hold on its callbacks; a process killed mid-request gives them up after this
+    # a claim's hold on its callbacks (more than twice request_timeout_s: the wait for a
+    # thread, then the request); a process killed mid-request gives them up after this
     lease_s: PositiveSeconds = 60.0
     retry_initial_s: PositiveSeconds = 1.0
     retry_max_s: PositiveSeconds = 600.0
@@ -90,16 +91,19 @@ DENIED_NETWORKS_SETTING = "webhooks.denied_networks"
 
 def check_settings(own: WebhooksSettings) -> None:
     parse_networks(DENIED_NETWORKS_SETTING, own.denied_networks)
-    if own.lease_s <= own.request_timeout_s:
-        raise ConfigError("webhooks.lease_s", f"must be longer than request_timeout_s ({own.request_timeout_s:g})")
+    if own.lease_s <= 2 * own.request_timeout_s:
+        raise ConfigError(
+            "webhooks.lease_s", f"must be longer than twice request_timeout_s ({2 * own.request_timeout_s:g})"
+        )
     if own.retry_max_s < own.retry_initial_s:
         raise ConfigError("webhooks.retry_max_s", f"must be at least retry_initial_s ({own.retry_initial_s:g})")
 
 
 class WebhooksService:
-    """Keeps up to `concurrency` requests in flight: a step records the ones that finished
-    and claims as many as there are free threads, so a slow receiver holds one thread, not
-    a batch of everyone's callbacks."""
+    """Keeps `concurrency` requests in flight and as many claimed waiting for a thread: a
+    step records the ones that finished and, once half are done, claims more. A slow
+    receiver holds one thread, not a batch of everyone's callbacks; a claimed callback waits
+    at most one request for its thread, hence a lease longer than twice the timeout."""
 
     def __init__(self, own: WebhooksSettings) -> None:
         self.own = own
@@ -119,8 +123,12 @@ class WebhooksService:
     def step(self, conn: Connection) -> int:
         self.refresh_depth(conn)
         recorded = self.record_finished(conn)
-        free = self.own.concurrency - self.in_flight
-        claimed = outbox.claim_due(conn, min(free, self.own.batch_size), self.own.lease_s) if free > 0 else []
+        claimed: list[Claimed] = []
+        # claims of at least `concurrency` rows, never one per finished request: a claim
+        # query costs about the same for one row as for a hundred
+        if self.in_flight <= self.own.concurrency:
+            wanted = min(self.own.batch_size, 2 * self.own.concurrency - self.in_flight)
+            claimed = outbox.claim_due(conn, wanted, self.own.lease_s)
         for item in claimed:
             self.in_flight += 1
             self.pool.submit(self.deliver_and_report, item)
