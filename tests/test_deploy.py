@@ -46,6 +46,7 @@ SERVICE_MODULES = (
     "smsbus_webhooks.webhooks",
     "smsbus_api.messages",
     "smsbus_api.events",
+    "smsbus_campaigns.campaigns",
 )
 # labels Prometheus adds to every series, and a histogram's bucket bound
 SCRAPE_LABELS = {"job", "instance", "le"}
@@ -108,6 +109,7 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
     from smsbus.archive import ArchiverSettings
     from smsbus_api.api import ApiSettings
     from smsbus_broker.broker import BrokerSettings
+    from smsbus_campaigns.campaigns import CampaignsSettings
     from smsbus_router.router import RouterSettings
     from smsbus_triggers.triggers import TriggersSettings
     from smsbus_webhooks.webhooks import WebhooksSettings
@@ -124,6 +126,7 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
         "webhooks": WebhooksSettings().metrics_port,
         # the api serves /metrics on its own HTTP port
         "api": ApiSettings().port,
+        "campaigns": CampaignsSettings().metrics_port,
     }
     assert scraped == {job: str(port) for job, port in defaults.items()}
 

@@ -31,6 +31,8 @@ CONFIG = "config"
 OUTGOING = "outgoing"
 # the webhook outbox has callbacks to deliver (its trigger's NOTIFY)
 WEBHOOKS = "webhooks"
+# a campaign was made, or changed state or pacing (wakes the campaigns service)
+CAMPAIGNS = "campaigns"
 # what an outside program may announce through UDP or a TCP line
 ANNOUNCEABLE = frozenset({STATUS, NONSTATUS})
 

@@ -37,6 +37,12 @@ SELECT_ENABLED = "SELECT name, type, settings FROM channels WHERE enabled ORDER 
 SET_ENABLED = "UPDATE channels SET enabled = %(enabled)s WHERE name = %(name)s RETURNING *"
 SET_SETTINGS = "UPDATE channels SET settings = %(settings)s WHERE name = %(name)s RETURNING *"
 DELETE_CHANNEL = "DELETE FROM channels WHERE name = %(name)s RETURNING *"
+UPDATE_CHANNEL = """
+UPDATE channels SET settings = %(settings)s, enabled = %(enabled)s, report_timeout = %(report_timeout)s,
+                    max_rate = %(max_rate)s, daily_limit = %(daily_limit)s
+WHERE name = %(name)s
+RETURNING *
+"""
 
 
 class ChannelNotFound(SmsbusError):
@@ -97,6 +103,30 @@ def change_settings(conn: psycopg.Connection[Any], name: str, changes: dict[str,
         merged = {k: v for k, v in {**channel["settings"], **changes}.items() if v is not None}
         validate_settings(channel["type"], merged)
         return _one(conn, SET_SETTINGS, {"name": name, "settings": Jsonb(merged)}, name)
+
+
+def replace_channel(
+    conn: psycopg.Connection[Any],
+    name: str,
+    settings: dict[str, Any],
+    *,
+    enabled: bool,
+    report_timeout: timedelta | None = None,
+    max_rate: float | None = None,
+    daily_limit: int | None = None,
+) -> dict[str, Any]:
+    """Every editable column at once (the Manager's edit form), validated as `add_channel` does."""
+    with conn.transaction():
+        channel = get_channel(conn, name)
+        validate_settings(channel["type"], settings)
+        params = {
+            "name": name, "settings": Jsonb(settings), "enabled": enabled,
+            "report_timeout": report_timeout or timedelta(hours=48), "max_rate": max_rate, "daily_limit": daily_limit,
+        }
+        try:
+            return _one(conn, UPDATE_CHANNEL, params, name)
+        except psycopg.errors.IntegrityError as e:
+            raise translate_refusal(e) from None
 
 
 def remove_channel(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from smsbus.routing import (
     load_rules,
     read_channel_states,
 )
+from smsbus.rules import refusal_text
 
 EXPLAIN_TIMEOUT_S = 5.0
 
@@ -78,6 +79,22 @@ def explain(
     if verdict.channel and rotating:
         lines.append("  (the router takes turns among the usable channels: the next message may go to another)")
     return lines
+
+
+def explain_changing_nothing(
+    conn: psycopg.Connection[Any], time_zone: str, *, message_id: int | None = None,
+    proposed: NewMessage | None = None,
+) -> list[str]:
+    """`explain`, rolled back, with a rule that fails on this message or takes too long said
+    in words (SmsbusError): `smsbus route explain` and the Manager's explain box."""
+    try:
+        return explain(conn, time_zone, message_id=message_id, proposed=proposed)
+    except psycopg.errors.QueryCanceled:
+        raise SmsbusError(f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
+    except (psycopg.ProgrammingError, psycopg.DataError) as e:
+        raise SmsbusError(f"a rule raised on this message: {refusal_text(e)}") from None
+    finally:
+        conn.rollback()
 
 
 def refuse_what_the_table_would(conn: psycopg.Connection[Any], proposed: NewMessage) -> None:

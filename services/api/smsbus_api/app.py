@@ -36,6 +36,7 @@ from smsbus_api.problems import (
     handle_smsbus_error,
     handle_unexpected,
 )
+from smsbus_api.web import web_router
 
 VERSION = "1.0.0"
 # Swagger UI's files, from the swagger-ui-bundle wheel (these servers often have no internet)
@@ -114,6 +115,8 @@ def create_app(shared: Settings, settings: ApiSettings) -> Litestar:
     app = Litestar(
         route_handlers=[
             *ROUTES,
+            # the Web Messenger and the Manager (SPEC §11)
+            web_router(),
             create_static_files_router(DOCS_ASSETS, [swagger_ui_path], opt={"scope": None},
                                        include_in_schema=False),
         ],

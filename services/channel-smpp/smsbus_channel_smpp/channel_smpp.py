@@ -239,6 +239,9 @@ class SmppChannel:
         self.database = DatabaseThread(url, f"{SERVICE}-{self.name}-recorder", self.on_connect)
         self.recording: Batch | None = None
         self.record_again_at = 0.0
+        # a wake-up (bus, poll, timer, socket) asked to look at the queue; a claim that only
+        # came back empty does not, or an idle channel would claim in a loop
+        self.claim_wanted = True
 
     # -- what the main loop calls ------------------------------------------------------
 
@@ -247,8 +250,10 @@ class SmppChannel:
             return 0
         self._connect_if_due(conn)
         done = self._read_sessions()
-        done += self._finish_recording()
-        done += self._start_recording()
+        finished = self._finish_recording()
+        if finished is None:
+            self.claim_wanted = True
+        done += (finished or 0) + self._start_recording()
         self._housekeeping(conn)
         return done
 
@@ -517,18 +522,22 @@ class SmppChannel:
         sent = self._send_queued_parts()
         if self.database.busy or time.monotonic() < self.record_again_at:
             return sent
+        claim_only = not (self.finished or self.unknown or self.incoming)
+        if claim_only and not (self.claim_wanted or self.backlog):
+            return sent
         batch = self._next_batch()
         if batch is not None:
+            self.claim_wanted = self.claim_wanted and not claim_only
             self.recording = batch
             self.database.submit(functools.partial(self._record, batch=batch))
         return sent
 
-    def _finish_recording(self, timeout_s: float | None = None) -> int:
-        """The database thread's result, when it has one: send what it claimed, acknowledge
-        what it stored. A batch it could not record is kept for the next try."""
+    def _finish_recording(self, timeout_s: float | None = None) -> int | None:
+        """The database thread's result, when it has one (else None): send what it claimed,
+        acknowledge what it stored. A batch it could not record is kept for the next try."""
         result = self.database.take(timeout_s)
         if result is None:
-            return 0
+            return None
         batch, self.recording = self.recording, None
         assert batch is not None
         if result.error is not None:

@@ -10,16 +10,13 @@ import argparse
 import json
 from typing import Any
 
-import psycopg
-
 from smsbus import config
 from smsbus.cli.messages import positive_int
 from smsbus.cli.rules import connection
 from smsbus.errors import SmsbusError
 from smsbus.message import NewMessage
-from smsbus.route_explain import EXPLAIN_TIMEOUT_S, explain
+from smsbus.route_explain import explain_changing_nothing
 from smsbus.routing import RouterZone
-from smsbus.rules import refusal_text
 
 
 def register(commands: Any) -> None:
@@ -57,12 +54,5 @@ def run_explain(args: argparse.Namespace) -> int:
         if args.id is None:
             proposed = NewMessage(to_address=args.to, from_address=args.sender, body=args.body,
                                   channel=args.channel, properties=args.properties or {})
-        try:
-            print("\n".join(explain(conn, time_zone, message_id=args.id, proposed=proposed)))
-        except psycopg.errors.QueryCanceled:
-            raise SmsbusError(f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
-        except (psycopg.ProgrammingError, psycopg.DataError) as e:
-            raise SmsbusError(f"a rule raised on this message: {refusal_text(e)}") from None
-        finally:
-            conn.rollback()
+        print("\n".join(explain_changing_nothing(conn, time_zone, message_id=args.id, proposed=proposed)))
     return 0
