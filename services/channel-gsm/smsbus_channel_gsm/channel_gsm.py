@@ -18,20 +18,19 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
 import psycopg
 import serial  # type: ignore[import-untyped]
-from psycopg.types.json import Jsonb
 
-from smsbus import channel_health, metrics, queue
+from smsbus import channel_health, incoming, metrics, queue
 from smsbus.backoff import Backoff
 from smsbus.bus import STATUS, Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, GsmSettings, start_channel
-from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, join_payloads, segment_text
+from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, segment_text
 from smsbus.loop import Connection, LoopSettings, Watch, run
 from smsbus.statuses import Status, check_move
 from smsbus_channel_gsm import cms_error, pdu
@@ -48,8 +47,6 @@ RECEIPT_DELIVERED = "DELIVRD"
 RECEIPT_FAILED = "UNDELIV"
 # how long a received PDU's key is remembered after it left the SIM
 RECEIVED_KEY_RETENTION = timedelta(days=7)
-# from_address of an incoming message whose sender the table's address format refuses
-UNKNOWN_SENDER = "unknown"
 # the body of a RECEIVED row kept for a PDU that did not parse
 UNDECODABLE_BODY = "(undecodable PDU: the raw PDU is in properties.pdu)"
 
@@ -168,12 +165,6 @@ ON CONFLICT DO NOTHING RETURNING pdu_key
 
 FORGET_OLD_PDUS = "DELETE FROM gsm_received_pdus WHERE received_at < now() - %(age)s"
 
-INSERT_RECEIVED = """
-INSERT INTO messages (direction, status, channel, from_address, body, properties, parts, error, received_at)
-VALUES ('in', 'RECEIVED', %(channel)s, %(from_address)s, %(body)s, %(properties)s, %(parts)s, %(error)s, now())
-RETURNING id
-"""
-
 INSERT_INCOMING_PART = """
 INSERT INTO incoming_parts (channel, from_address, reference, total, part_number, data_coding, payload)
 VALUES (%(channel)s, %(from_address)s, %(reference)s, %(total)s, %(part_number)s, %(data_coding)s, %(payload)s)
@@ -192,15 +183,18 @@ RETURNING part_number, data_coding, payload
 """
 
 # concatenated messages whose missing parts never came: stored with what did arrive
-TAKE_STALE_PARTS = """
-DELETE FROM incoming_parts p
-USING (SELECT from_address, reference, total FROM incoming_parts
-       WHERE channel = %(channel)s
-       GROUP BY from_address, reference, total
-       HAVING min(received_at) < now() - %(timeout)s) stale
-WHERE p.channel = %(channel)s AND p.from_address = stale.from_address
-  AND p.reference = stale.reference AND p.total = stale.total
-RETURNING p.from_address, p.reference, p.total, p.part_number, p.data_coding, p.payload
+SELECT_STALE_GROUPS = """
+SELECT from_address, reference, total FROM incoming_parts
+WHERE channel = %(channel)s
+GROUP BY from_address, reference, total
+HAVING min(received_at) < now() - %(timeout)s
+"""
+
+TAKE_PARTS = """
+DELETE FROM incoming_parts
+WHERE channel = %(channel)s AND from_address = %(from_address)s AND reference = %(reference)s
+  AND total = %(total)s
+RETURNING part_number, data_coding, payload
 """
 
 
@@ -804,14 +798,22 @@ class GsmChannel:
                 )
                 metrics.count_moves(Status.NOREPORT, self.name, len(moved))
                 log.info("no report channel=%s messages=%d", self.name, len(moved))
-            stale: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
             timeout = timedelta(seconds=self.settings.reassembly_timeout_s)
-            for row in conn.execute(TAKE_STALE_PARTS, {"channel": self.name, "timeout": timeout}):
-                stale.setdefault((row["from_address"], row["reference"], row["total"]), []).append(row)
-            for (sender, _, total), parts in stale.items():
-                self.store_concatenated(conn, sender, total, parts)
+            for group in conn.execute(SELECT_STALE_GROUPS, {"channel": self.name, "timeout": timeout}).fetchall():
+                self.store_stale(conn, group)
             conn.execute(FORGET_OLD_PDUS, {"age": RECEIVED_KEY_RETENTION})
         conn.commit()
+
+    def store_stale(self, conn: Connection, group: dict[str, Any]) -> None:
+        """One stale concatenated message, in a savepoint: one the table refuses stays behind
+        (logged) and the sweep goes on with the others."""
+        try:
+            with conn.transaction():
+                parts = conn.execute(TAKE_PARTS, {"channel": self.name, **group}).fetchall()
+                self.store_concatenated(conn, group["from_address"], group["total"], parts)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+            log.error("stale concatenated message not stored channel=%s reference=%s error=%s",
+                      self.name, group["reference"], str(e).splitlines()[0])
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -883,14 +885,9 @@ class GsmChannel:
             return
         UNDECODABLE.labels(self.name).inc()
         log.warning("undecodable PDU kept channel=%s index=%d error=%s", self.name, index, error)
-        self.insert_received(
-            conn,
-            sender_of(pdu_hex) or UNKNOWN_SENDER,
-            UNDECODABLE_BODY,
-            1,
-            {"undecodable": True, "pdu": pdu_hex},
-            error=f"undecodable PDU: {error}",
-        )
+        sender = sender_of(pdu_hex) or incoming.UNKNOWN_SENDER
+        row = incoming.received(sender, None, [], Encoding.LATIN1, {"undecodable": True, "pdu": pdu_hex})
+        self.insert_received(conn, replace(row, body=UNDECODABLE_BODY), 1, error=f"undecodable PDU: {error}")
 
     def store_pdu(self, conn: Connection, tpdu: bytes) -> None:
         if pdu.message_type(tpdu) == pdu.MTI_STATUS_REPORT:
@@ -901,8 +898,9 @@ class GsmChannel:
             log.info("already stored channel=%s (read again after a restart): deleting it from the SIM", self.name)
             return
         if message.concatenation is None:
-            body = join_payloads([message.payload], message.encoding, errors="replace")
-            self.insert_received(conn, message.sender, body, 1, {"smsc_timestamp": message.timestamp.isoformat()})
+            row = incoming.received(message.sender, None, [message.payload], message.encoding,
+                                    {"smsc_timestamp": message.timestamp.isoformat()})
+            self.insert_received(conn, row, 1)
             return
         part = message.concatenation
         key = {"channel": self.name, "from_address": message.sender, "reference": part.reference, "total": part.total}
@@ -917,45 +915,22 @@ class GsmChannel:
     def store_concatenated(self, conn: Connection, sender: str, total: int, parts: list[dict[str, Any]]) -> None:
         parts = sorted(parts, key=lambda p: p["part_number"])
         encoding = pdu.ENCODING_FOR_ALPHABET[pdu.alphabet_of(parts[0]["data_coding"])]
-        body = join_payloads([bytes(p["payload"]) for p in parts], encoding, errors="replace")
         properties: dict[str, Any] = {}
         missing = sorted(set(range(1, total + 1)) - {p["part_number"] for p in parts})
         if missing:
             properties = {"incomplete": True, "missing_parts": missing}
-        self.insert_received(conn, sender, body, total, properties)
+        row = incoming.received(sender, None, [bytes(p["payload"]) for p in parts], encoding, properties)
+        self.insert_received(conn, row, total)
 
     def insert_received(
-        self,
-        conn: Connection,
-        sender: str,
-        body: str,
-        parts: int,
-        properties: dict[str, Any],
-        error: str | None = None,
+        self, conn: Connection, message: incoming.Received, parts: int, error: str | None = None
     ) -> None:
-        """A sender the messages table refuses (an 12-character alphanumeric id, odd
-        characters) is kept in properties.sender rather than lose the message."""
-        params = {
-            "channel": self.name,
-            "from_address": sender,
-            "body": body or " ",
-            "parts": parts,
-            "properties": Jsonb(properties),
-            "error": error,
-        }
-        try:
-            with conn.transaction():
-                row = conn.execute(INSERT_RECEIVED, params).fetchone()
-        except psycopg.errors.CheckViolation as e:
-            log.warning(
-                "sender refused channel=%s error=%s: stored as from_address=unknown", self.name, e.diag.constraint_name
-            )
-            params.update(from_address=UNKNOWN_SENDER, properties=Jsonb({**properties, "sender": sender}))
-            row = conn.execute(INSERT_RECEIVED, params).fetchone()
-        assert row is not None
+        if message.from_address == incoming.UNKNOWN_SENDER and "sender" in message.properties:
+            log.warning("sender the address format refuses channel=%s: stored as from_address=unknown", self.name)
+        message_id = incoming.insert_received(conn, self.name, message, parts, error)
         RECEIVED.labels(self.name).inc()
         metrics.count_moves(Status.RECEIVED, self.name, 1)
-        log.info("received id=%d channel=%s parts=%d", row["id"], self.name, parts)
+        log.info("received id=%d channel=%s parts=%d", message_id, self.name, parts)
 
     def close(self) -> None:
         if self.modem is not None:
