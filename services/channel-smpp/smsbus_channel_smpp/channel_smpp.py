@@ -42,6 +42,7 @@ from smsbus_channel_smpp.command_status import (
     classify,
     describe,
     parse_overrides,
+    status_label,
 )
 from smsbus_channel_smpp.receipts import ESM_CLASS_UDHI, Receipt, is_receipt, normalise_provider_id, parse_receipt
 from smsbus_channel_smpp.session import PDU, BindRefused, ProtocolError, Session, SessionError
@@ -389,7 +390,8 @@ class SmppChannel:
         handled = 0
         ended: SessionError | None = None
         try:
-            session.receive_available()
+            # more waiting: counted as work, so the main loop steps again at once
+            handled += session.receive_available()
         except SessionError as e:
             ended = e
         try:
@@ -431,7 +433,7 @@ class SmppChannel:
             return
         WINDOW_IN_USE.labels(**self.labels).set(len(self.outstanding))
         status = int(pdu.status)
-        RESPONSES.labels(self.name, f"0x{status:08X}").inc()
+        RESPONSES.labels(self.name, status_label(status)).inc()
         SUBMIT_RESPONSE_SECONDS.labels(**self.labels).observe(time.monotonic() - pending.submitted_at)
         flight = self.in_flight.get(pending.message_id)
         if flight is None:

@@ -22,6 +22,9 @@ HEADER_BYTES = 16
 # far above any PDU we accept (short_message <= 254 octets, message_payload a few KB)
 MAX_PDU_BYTES = 65_536
 RECEIVE_BYTES = 65_536
+# read per call at most: an SMSC that floods waits in the kernel (TCP flow control) until
+# what was read is dispatched, stored and acknowledged
+MAX_BUFFER_BYTES = 4 * MAX_PDU_BYTES
 SEND_TIMEOUT_S = 5.0
 # requests whose mandatory fields must be there even when empty
 ALWAYS_HAVE_BODY = frozenset({"deliver_sm", "data_sm", "submit_sm"})
@@ -161,19 +164,20 @@ class Session:
         self.send(response)
 
     def receive_available(self) -> bool:
-        """Read what the kernel holds without blocking; True when bytes arrived."""
-        got = False
-        while True:
+        """Read what the kernel holds without blocking, up to MAX_BUFFER_BYTES buffered;
+        True when the buffer is full and more may wait (in the kernel or in TLS's buffer,
+        which the poller does not see): call again once the PDUs are dispatched."""
+        while len(self.buffer) < MAX_BUFFER_BYTES:
             try:
-                data = self.sock.recv(RECEIVE_BYTES)
+                data = self.sock.recv(min(RECEIVE_BYTES, MAX_BUFFER_BYTES - len(self.buffer)))
             except (BlockingIOError, ssl.SSLWantReadError):
-                return got
+                return False
             except OSError as e:
                 raise ConnectionLost(str(e)) from None
             if not data:
                 raise ConnectionLost("the SMSC closed the connection")
             self.buffer += data
-            got = True
+        return True
 
     def next_pdu(self) -> PDU | None:
         """The next complete PDU in the buffer, or None; ProtocolError for garbage."""
