@@ -34,7 +34,7 @@ from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encodin
 from smsbus.loop import Connection, LoopSettings, Watch, run
 from smsbus.statuses import Status, check_move
 from smsbus_channel_gsm import cms_error, pdu
-from smsbus_channel_gsm.at import AtPort, CommandFailed, ModemError, Unsolicited
+from smsbus_channel_gsm.at import AtPort, CommandFailed, ModemError, ModemTimeout, Unsolicited
 
 SERVICE = "channel-gsm"
 log = logging.getLogger(SERVICE)
@@ -326,6 +326,8 @@ class GsmChannel:
         self.rssi: int | None = None
         self.last_error = ""
         self.sim_may_hold_messages = True
+        # set by the SIM refusing the PIN: the modem is not opened again by this process
+        self.pin_refused = False
         self.recovered = False
         self.concatenation_reference = random.randrange(256)
         # a token bucket on messages (per second)
@@ -353,7 +355,7 @@ class GsmChannel:
     def next_wake(self) -> float | None:
         """The next watchdog probe, reopen attempt or rate token, on the wall clock."""
         due = min(self.next_health_at, self.next_sweep_at)
-        if self.modem is None:
+        if self.modem is None and not self.pin_refused:
             due = min(due, self.next_open_at)
         if self.rate is not None and self.tokens < 1:
             due = min(due, self.tokens_at + (1 - self.tokens) / self.rate)
@@ -365,7 +367,7 @@ class GsmChannel:
             self.sweep(conn)
             self.next_sweep_at = now + self.sweep_interval_s
         if self.modem is None:
-            if now < self.next_open_at:
+            if now < self.next_open_at or self.pin_refused:
                 self.report_health_when_due(conn, now)
                 return 0
             if not self.open_modem():
@@ -406,8 +408,13 @@ class GsmChannel:
         try:
             self.initialise(modem.at)
         except (ModemError, CommandFailed) as e:
-            self.last_error = f"initialisation failed: {e}"
             modem.close()
+            if self.pin_refused:
+                self.last_error = (f"wrong PIN: the SIM refused settings.pin ({e}); "
+                                   "not tried again until the channel restarts")
+                log.error("wrong PIN channel=%s error=%s: the modem is left alone", self.name, e)
+                return False
+            self.last_error = f"initialisation failed: {e}"
             self.schedule_reopen()
             return False
         self.modem = modem
@@ -428,9 +435,7 @@ class GsmChannel:
         at.command("AT+CMEE=1", timeout)
         pin_state = at.command("AT+CPIN?", timeout, answer="+CPIN:")
         if pin_state and "SIM PIN" in pin_state[0]:
-            if self.settings.pin is None:
-                raise CommandFailed("AT+CPIN?", "the SIM asks for a PIN and the channel has none (settings.pin)")
-            at.command(f'AT+CPIN="{self.settings.pin}"', timeout)
+            self.enter_pin(at)
         elif pin_state and "READY" not in pin_state[0]:
             raise CommandFailed("AT+CPIN?", pin_state[0])
         at.command("AT+CMGF=0", timeout)
@@ -443,6 +448,20 @@ class GsmChannel:
         at.command("AT+CNMI=2,1,0,1,0", timeout)
         # registration changes announced (+CREG: <stat>): health follows without waiting
         at.command("AT+CREG=1", timeout)
+
+    def enter_pin(self, at: AtPort) -> None:
+        """AT+CPIN once. The PIN appears in no error, log line or health report; after one
+        refusal the channel never sends it again (a third wrong PIN locks the SIM: PUK)."""
+        pin = self.settings.pin
+        if pin is None:
+            raise CommandFailed("AT+CPIN?", "the SIM asks for a PIN and the channel has none (settings.pin)")
+        try:
+            at.command(f'AT+CPIN="{pin}"', self.settings.command_timeout_s)
+        except CommandFailed as e:
+            self.pin_refused = True
+            raise CommandFailed("AT+CPIN=<PIN>", e.final) from None
+        except ModemTimeout:
+            raise ModemTimeout("no answer to AT+CPIN=<PIN> within the timeout") from None
 
     def check_modem(self) -> None:
         """The watchdog's probe every few seconds: signal and registration, or a timeout."""
