@@ -11,7 +11,7 @@ DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test soak bench lint clean
+.PHONY: install browser run test soak bench lint clean
 
 install: $(INSTALLED)
 
@@ -22,10 +22,14 @@ $(INSTALLED): Makefile requirements-dev.txt $(addsuffix /pyproject.toml,$(DISTRI
 	$(BIN)/python -m pip install --quiet $(addprefix -e ,$(DISTRIBUTIONS)) -r requirements-dev.txt
 	touch $@
 
+# the browser tests drive Debian's chromium: installed with apt-get when missing (as root)
+browser:
+	@sh tests/web/ensure_chromium.sh
+
 run: install
 	$(BIN)/smsbus up
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 # the long soak and chaos runs that `make test` keeps short

@@ -72,6 +72,8 @@ class ArchiverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_pause_s: Seconds = 0.0
     poll_interval_s: Seconds = 60.0
     metrics_port: OptionalPort = 16733
+    # one batch (a copy, a delete, retention) may take this long; other services get 30 s
+    statement_timeout_s: Seconds = 600.0
     # testing only: sleep this long inside every batch (separate database: between the archive
     # commit and the live delete; same database: before the commit), so that a test can
     # kill -9 the archiver exactly there
@@ -310,7 +312,9 @@ class SeparateDatabase(Target):
             if not self.migrated:
                 migrate_archive(self.url)
                 self.migrated = True
-            self.conn = db.connect(self.url, application="smsbus-archiver")
+            self.conn = db.connect(
+                self.url, application="smsbus-archiver", statement_timeout_s=self.settings.statement_timeout_s
+            )
             self.conn.execute(CREATE_STAGING)
             self.conn.commit()
         return self.conn

@@ -1,7 +1,9 @@
 """Connections to the queue database, and PostgreSQL's refusals in words.
 
 Worker connections get the session settings measured to keep claims fast under a backlog
-(see STYLE.md): custom plans always, index-friendly costs, no idle transactions left open.
+(see STYLE.md): custom plans always, index-friendly costs, no idle transactions left open,
+and a statement_timeout so that one runaway query ends instead of holding its locks and its
+connection for ever (the archiver, which moves large batches, asks for a longer one).
 """
 
 from __future__ import annotations
@@ -16,17 +18,25 @@ WORKER_SESSION_OPTIONS = (
     " -c random_page_cost=1.1"
     " -c idle_in_transaction_session_timeout=60000"
 )
+# what an ordinary query of a service or of the CLI may take at most
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 
 
 def connect(
-    url: str, *, application: str = "smsbus", autocommit: bool = False, timeout_s: int = 5
+    url: str,
+    *,
+    application: str = "smsbus",
+    autocommit: bool = False,
+    timeout_s: int = 5,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
 ) -> psycopg.Connection[dict[str, object]]:
+    """A session of the queue database; statement_timeout_s 0 means no limit."""
     return psycopg.connect(
         url,
         autocommit=autocommit,
         row_factory=dict_row,
         application_name=application,
-        options=WORKER_SESSION_OPTIONS,
+        options=f"{WORKER_SESSION_OPTIONS} -c statement_timeout={round(statement_timeout_s * 1000)}",
         connect_timeout=timeout_s,
     )
 

@@ -9,6 +9,7 @@ extension table's two septets) or a surrogate pair (an emoji's two UTF-16 units)
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -238,3 +239,27 @@ def join_payloads(payloads: Sequence[bytes], encoding: Encoding, errors: str = "
 def encoding_of(data_coding: int) -> Encoding:
     """The alphabet of a received message; unknown codings are read as 8-bit Latin-1."""
     return DATA_CODINGS.get(data_coding, Encoding.LATIN1)
+
+
+@functools.cache
+def counter_table() -> dict[str, object]:
+    """What a counter outside Python (the Web Messenger's composer) needs to count parts
+    exactly as `segment_text` does: the GSM 03.38 characters of one and of two septets, as
+    the codec that sends them says, and each alphabet's limits in octets."""
+    single: list[str] = []
+    extended: list[str] = []
+    for code_point in range(0x10000):
+        if 0xD800 <= code_point <= 0xDFFF:
+            continue
+        character = chr(code_point)
+        try:
+            width = len(encode_character(character, Encoding.GSM7))
+        except UnicodeEncodeError:
+            continue
+        (single if width == 1 else extended).append(character)
+    return {
+        "gsm7_single": "".join(single),
+        "gsm7_extended": "".join(extended),
+        "limits": {str(e): {"single": lim.single, "per_part": lim.per_part} for e, lim in LIMITS.items()},
+        "max_parts": MAX_PARTS,
+    }

@@ -40,6 +40,8 @@ class LoopSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     poll_interval_s: Seconds = 5.0
     metrics_port: OptionalPort = 0
+    # the longest a query of this service may run (db.connect); 0: no limit
+    statement_timeout_s: Seconds = db.DEFAULT_STATEMENT_TIMEOUT_S
 
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -127,7 +129,7 @@ def run(
     while not stop.is_set:
         now = time.monotonic()
         if conn is None and now >= next_connect_at:
-            conn = _connect(url, service, on_connect)
+            conn = _connect(url, service, loop.statement_timeout_s, on_connect)
             if conn is None:
                 next_connect_at = now + backoff.next_delay()
             else:
@@ -203,10 +205,12 @@ def _poll_key(target: zmq.Socket[bytes] | HasFileno | int) -> object:
     return target.fileno()
 
 
-def _connect(url: str, service: str, on_connect: Callable[[Connection], None] | None) -> Connection | None:
+def _connect(
+    url: str, service: str, statement_timeout_s: float, on_connect: Callable[[Connection], None] | None
+) -> Connection | None:
     """A connection ready for the step, or None (logged) to try again after the backoff."""
     try:
-        conn = db.connect(url, application=service)
+        conn = db.connect(url, application=service, statement_timeout_s=statement_timeout_s)
     except psycopg.OperationalError as e:
         metrics.DATABASE_CONNECTED.set(0)
         metrics.DATABASE_ERRORS.labels("connect").inc()

@@ -60,7 +60,11 @@ def main() -> None:
             settings=settings,
             service=SERVICE,
             # a timer only: nothing needs archiving the moment it changes
-            loop=LoopSettings(poll_interval_s=own.poll_interval_s, metrics_port=own.metrics_port),
+            loop=LoopSettings(
+                poll_interval_s=own.poll_interval_s,
+                metrics_port=own.metrics_port,
+                statement_timeout_s=own.statement_timeout_s,
+            ),
             step=service.step,
             on_connect=service.on_connect,
         )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import psycopg
 
 from smsbus.cli import archive, channels, db, messages, notify, route, rules, send, stack, triggers
+from smsbus.cli.output import escaped_output
 from smsbus.errors import NotRunning, SmsbusError
 
 EXIT_OK = 0
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    with escaped_output():
+        code = _run(argv)
+    sys.exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)
@@ -48,4 +55,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = EXIT_NO_DATABASE
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code)
+    return int(code)

@@ -20,9 +20,14 @@ def register(commands: Any) -> None:
 
 def run_pass(args: argparse.Namespace) -> int:
     settings = config.load()
-    archiver = Archiver(load_settings())
+    own = load_settings()
+    archiver = Archiver(own)
     try:
-        with db.connect(settings.resolved_database_url(), application="smsbus-archive-run") as live:
+        with db.connect(
+            settings.resolved_database_url(),
+            application="smsbus-archive-run",
+            statement_timeout_s=own.statement_timeout_s,
+        ) as live:
             archiver.prepare(live)
             report = archiver.run_pass(live)
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from smsbus import config, db, triggers
+from smsbus.cli.output import escape_controls
 from smsbus.cli.send import aware_datetime
 from smsbus.errors import SmsbusError
 from smsbus.local_api import find, get
@@ -78,7 +79,7 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
     for field in message.__struct_fields__:
         value = getattr(message, field)
-        print(f"{field:16} {'-' if value is None else value}")
+        print(f"{field:16} {'-' if value is None else escape_controls(str(value))}")
     return 0
 
 
