@@ -29,7 +29,9 @@ def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
     simulator.stop()
 
 
-def test_smpp_settings_are_validated_on_save_naming_the_field(smsbus: Callable[..., Result], conn: Conn) -> None:
+def test_smpp_settings_are_validated_on_save_naming_the_field(
+    smsbus: Callable[..., Result], cli_env: dict[str, str], conn: Conn
+) -> None:
     base = ("channels", "add", "smpp", "kpn", "--host", "smsc.example.net", "--system-id", "acme")
     window = smsbus(*base, "--set", "window=0")
     assert window.returncode == 1 and "bad setting window: Expected `int` >= 1" in window.stderr
@@ -46,9 +48,18 @@ def test_smpp_settings_are_validated_on_save_naming_the_field(smsbus: Callable[.
     added = smsbus(*base, "--port", "2776", "--password", "secret", "--set", "window=20")
     assert added.returncode == 0, added.stderr
     row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
+    # the password moved into a file of its own (0600): the table holds only its path
+    password_file = Path(cli_env["SMSBUS_DATA_DIR"]) / "secrets" / "kpn.password"
     assert row["settings"] == {"host": "smsc.example.net", "system_id": "acme", "port": 2776,
-                               "password": "secret", "window": 20}
-    assert "settings.password ***" in smsbus("channels", "show", "kpn").stdout.replace("  ", " ")
+                               "password_file": str(password_file), "window": 20}
+    assert password_file.read_text() == "secret\n" and password_file.stat().st_mode & 0o777 == 0o600
+    assert password_file.parent.stat().st_mode & 0o777 == 0o700
+    assert "secret" not in smsbus("channels", "show", "kpn").stdout
+    # a new password replaces the file's, the table still holds only the path
+    assert smsbus("channels", "set", "kpn", "password=other").returncode == 0
+    row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
+    assert row["settings"]["password_file"] == str(password_file) and "password" not in row["settings"]
+    assert password_file.read_text() == "other\n"
 
 
 def test_the_smpp_program_follows_the_table_under_supervisord(

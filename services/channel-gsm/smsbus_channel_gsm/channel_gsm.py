@@ -31,6 +31,7 @@ from smsbus.backoff import Backoff
 from smsbus.bus import STATUS, Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, GsmSettings, start_channel
 from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, segment_text
+from smsbus.errors import ConfigError
 from smsbus.loop import Connection, LoopSettings, Watch, run
 from smsbus.statuses import Status, check_move
 from smsbus_channel_gsm import cms_error, pdu
@@ -452,7 +453,10 @@ class GsmChannel:
     def enter_pin(self, at: AtPort) -> None:
         """AT+CPIN once. The PIN appears in no error, log line or health report; after one
         refusal the channel never sends it again (a third wrong PIN locks the SIM: PUK)."""
-        pin = self.settings.pin
+        try:
+            pin = self.settings.sim_pin()
+        except ConfigError as e:
+            raise CommandFailed("AT+CPIN?", str(e)) from None
         if pin is None:
             raise CommandFailed("AT+CPIN?", "the SIM asks for a PIN and the channel has none (settings.pin)")
         try:

@@ -16,6 +16,7 @@ from smpplib import command_codes, exceptions, smpp
 from smpplib.client import SimpleSequenceGenerator
 
 from smsbus.channel_settings import SmppSettings
+from smsbus.errors import ConfigError
 
 PDU = Any  # smpplib's PDU classes carry no type annotations
 HEADER_BYTES = 16
@@ -103,7 +104,9 @@ class Session:
         sock: socket.socket = raw
         if settings.tls:
             try:
-                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=settings.host)
+                # a private SMSC's own CA (tls_ca_file), else the system's; the host name checked
+                context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+                sock = context.wrap_socket(raw, server_hostname=settings.host)
             except (OSError, ssl.SSLError) as e:
                 raw.close()
                 raise ConnectionLost(f"TLS handshake with {settings.host} failed: {e}") from None
@@ -117,14 +120,12 @@ class Session:
         return session
 
     def _bind(self, settings: SmppSettings) -> None:
-        self.send(
-            self.make(
-                self.kind,
-                system_id=settings.system_id,
-                password=settings.password,
-                system_type=settings.system_type,
-            )
-        )
+        try:
+            password = settings.bind_password()
+        except ConfigError as e:  # the file went away or changed mode: tried again later
+            raise ConnectionLost(str(e)) from None
+        self.send(self.make(self.kind, system_id=settings.system_id, password=password,
+                            system_type=settings.system_type))
         deadline = time.monotonic() + settings.connect_timeout_s
         while True:
             pdu = self.next_pdu()
