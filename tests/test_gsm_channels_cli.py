@@ -74,7 +74,7 @@ def test_add_list_show_set_disable_enable_remove(
     listed = smsbus("channels", "list").stdout
     assert "modem1" in listed and "gsm" in listed and "/dev/ttyUSB0" in listed
     shown = smsbus("channels", "show", "modem1").stdout
-    assert "settings.pin    ***" in shown and "1234" not in shown
+    assert "settings.pin_file" in shown and "1234" not in shown
 
     assert smsbus("channels", "set", "modem1", "baud_rate=9600").returncode == 0
     refused = smsbus("channels", "set", "modem1", "storage=XX")

@@ -45,16 +45,16 @@ def test_smpp_settings_are_validated_on_save_naming_the_field(
     assert no_host.returncode == 2 and "--host" in no_host.stderr
     assert conn.execute("SELECT count(*) AS n FROM channels").fetchone() == {"n": 0}
 
-    added = smsbus(*base, "--port", "2776", "--password", "secret", "--set", "window=20")
+    added = smsbus(*base, "--port", "2776", "--password", "pw-x7Qz", "--set", "window=20")
     assert added.returncode == 0, added.stderr
     row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
     # the password moved into a file of its own (0600): the table holds only its path
     password_file = Path(cli_env["SMSBUS_DATA_DIR"]) / "secrets" / "kpn.password"
     assert row["settings"] == {"host": "smsc.example.net", "system_id": "acme", "port": 2776,
                                "password_file": str(password_file), "window": 20}
-    assert password_file.read_text() == "secret\n" and password_file.stat().st_mode & 0o777 == 0o600
+    assert password_file.read_text() == "pw-x7Qz\n" and password_file.stat().st_mode & 0o777 == 0o600
     assert password_file.parent.stat().st_mode & 0o777 == 0o700
-    assert "secret" not in smsbus("channels", "show", "kpn").stdout
+    assert "pw-x7Qz" not in smsbus("channels", "show", "kpn").stdout
     # a new password replaces the file's, the table still holds only the path
     assert smsbus("channels", "set", "kpn", "password=other").returncode == 0
     row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
