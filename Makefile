@@ -9,6 +9,8 @@ DISTRIBUTIONS += services/channel-gsm
 DISTRIBUTIONS += services/archiver
 DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
+DISTRIBUTIONS += services/api
+DISTRIBUTIONS += services/webhooks
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install browser run test soak bench lint clean
@@ -49,7 +51,9 @@ lint: install
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy --strict shared/smsbus services/broker/smsbus_broker services/triggers/smsbus_triggers \
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
-		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver
+		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
+		services/api/smsbus_api \
+		services/webhooks/smsbus_webhooks
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -19,12 +19,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from smsbus.embedded_pg import EmbeddedPostgres
+from smsbus.embedded_pg import SUPERUSER, EmbeddedPostgres
 from smsbus.migrate import migrate
 from tests.peers.processes import ServiceProcess, service_environment, start_service
 
 # the CLI-in-process and supervisord fixtures
-pytest_plugins = ["tests.peers.cli"]
+pytest_plugins = ["tests.peers.cli", "tests.peers.api"]
 
 TEST_SERVER_SETTINGS = {
     # a test server holds nothing worth a crash-safe write
@@ -49,7 +49,8 @@ def server_url() -> Iterator[str]:
     embedded = EmbeddedPostgres(data_path)
     process = embedded.start(TEST_SERVER_SETTINGS)
     try:
-        yield embedded.url("postgres")
+        # the superuser: the tests create a database each
+        yield embedded.url("postgres", SUPERUSER)
     finally:
         process.terminate()
         process.wait(30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import importlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import prometheus_client
 from prometheus_client.metrics import MetricWrapperBase
 
 from smsbus.config import Settings
-from smsbus.supervisor import render_config
+from smsbus.supervisor import ChannelProgram, render_channel_programs, render_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -42,6 +43,7 @@ SERVICE_MODULES = (
     "smsbus_archiver.archiver",
     "smsbus_channel_smpp.channel_smpp",
     "smsbus_channel_gsm.channel_gsm",
+    "smsbus_webhooks.webhooks",
 )
 # labels Prometheus adds to every series, and a histogram's bucket bound
 SCRAPE_LABELS = {"job", "instance", "le"}
@@ -105,6 +107,7 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
     from smsbus_broker.broker import BrokerSettings
     from smsbus_router.router import RouterSettings
     from smsbus_triggers.triggers import TriggersSettings
+    from smsbus_webhooks.webhooks import WebhooksSettings
 
     text = (DEPLOY / "prometheus.yml").read_text()
     # the jobs in force (not commented out) and their one target each
@@ -115,5 +118,27 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
         "router": RouterSettings().metrics_port,
         "triggers": TriggersSettings().metrics_port,
         "archiver": ArchiverSettings().metrics_port,
+        "webhooks": WebhooksSettings().metrics_port,
     }
     assert scraped == {job: str(port) for job, port in defaults.items()}
+
+
+def test_started_as_root_every_program_runs_as_the_service_user(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path / "var"), deploy_dir=str(DEPLOY), service_user="smsbus")
+    parsed = configparser.RawConfigParser()
+    parsed.read(render_config(settings, nodaemon=True))
+    parsed.read(render_channel_programs(settings, [ChannelProgram("kpn", "smpp", 10)]))
+    programs = [section for section in parsed.sections() if section.startswith("program:")]
+    assert {"program:postgres", "program:broker", "program:channel-kpn"} <= set(programs)
+    expected = "smsbus" if os.geteuid() == 0 else None  # supervisord cannot switch users otherwise
+    assert {parsed[p].get("user") for p in programs} == {expected}
+
+
+def test_the_systemd_unit_runs_unprivileged_and_confined() -> None:
+    unit = configparser.RawConfigParser(strict=False)
+    unit.read(DEPLOY / "smsbus.service")
+    service = unit["Service"]
+    assert service["User"] == "smsbus" and service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict" and service["PrivateTmp"] == "yes"
+    # the data directory stays writable: it is the working directory's var/
+    assert service["ReadWritePaths"] == service["WorkingDirectory"] + "/var"

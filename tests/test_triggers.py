@@ -331,6 +331,32 @@ def test_claims_of_a_vanished_process_go_back_to_be_claimed_again(
     assert row(conn, message_id)["trigger_status"] == "PROCESSED"
 
 
+def test_a_message_left_processing_by_a_vanished_process_is_run_again(
+    service: Triggers, conn: Conn, worker_conn: Conn, database_url: str
+) -> None:
+    add_order_trigger(conn, "a")
+    message_id = incoming(conn)
+    with db.connect(database_url) as crashed:
+        # its script was running, with no transaction open, when the process died
+        crashed.execute("UPDATE messages SET trigger_status = 'PROCESSING', trigger_owner_pid = pg_backend_pid()")
+        crashed.commit()
+        assert run_until_idle(service, worker_conn) == 0
+    assert row(conn, message_id)["trigger_status"] == "PROCESSING"
+
+    assert run_until_idle(service, worker_conn) == 1
+    assert (row(conn, message_id)["trigger_status"], row(conn, message_id)["properties"]) == (
+        "PROCESSED", {"order": ["a"]}
+    )
+
+
+def test_a_timeout_past_the_idle_transaction_limit_is_refused_and_capped(conn: Conn) -> None:
+    with pytest.raises(triggers.InvalidTrigger, match="timeout: must be more than 0 and at most 50 seconds"):
+        add(conn, "long", "SELECT $1", language="sql", timeout_s=300)
+    conn.execute("INSERT INTO triggers (position, name, condition, language, script, timeout)"
+                 " VALUES (1, 'by-sql', 'true', 'sql', 'SELECT $1', interval '10 minutes')")
+    assert triggers.find_trigger(conn, "by-sql").timeout_s == triggers.MAX_TIMEOUT_S
+
+
 def test_a_trigger_created_message_is_queued_and_announced_by_the_database(
     service: Triggers, conn: Conn, worker_conn: Conn
 ) -> None:
@@ -460,24 +486,25 @@ def test_a_sql_script_past_its_timeout_is_cancelled_on_every_message(
     assert row(conn, slow[1])["properties"]["order"] == ["after"]
 
 
-def test_a_condition_saved_by_plain_sql_that_cannot_compile_fails_the_messages_naming_it(
-    service: Triggers, conn: Conn, worker_conn: Conn
+@pytest.mark.parametrize(
+    ("condition", "says"),
+    [("nope = 1", 'column "nope" does not exist'), ("true) ORDER BY (1", 'syntax error at or near "ORDER"'),
+     ("true), (false", 'syntax error at or near ","')],
+)
+def test_a_condition_that_could_not_run_is_refused_when_saved_by_the_cli_or_plain_sql(
+    conn: Conn, condition: str, says: str
 ) -> None:
-    conn.execute(
-        "INSERT INTO triggers (position, name, condition, language, script)"
-        " VALUES (1, 'typo', 'nope = 1', 'sql', 'SELECT $1')"
-    )
-    message_id = incoming(conn)
-    run_until_idle(service, worker_conn)
-    failed = row(conn, message_id)
-    assert (failed["trigger_status"], failed["trigger_error"]) == (
-        "FAILED", 'condition of trigger typo: column "nope" does not exist'
-    )
-
-    conn.execute("UPDATE triggers SET condition = 'true'")
-    assert triggers.reprocess(conn, [message_id]) == {message_id: None}
-    run_until_idle(service, worker_conn)
-    assert row(conn, message_id)["trigger_status"] == "PROCESSED"
+    with pytest.raises(triggers.InvalidTrigger, match="condition: PostgreSQL refused it") as refused:
+        add(conn, "typo", "SELECT $1", condition=condition, language="sql")
+    assert says in str(refused.value)
+    with pytest.raises(psycopg.errors.Error) as by_sql:
+        conn.execute(
+            "INSERT INTO triggers (position, name, condition, language, script)"
+            " VALUES (1, 'typo', %(condition)s, 'sql', 'SELECT $1')", {"condition": condition}
+        )
+    assert f'condition of trigger "typo" refused: {says}' in str(by_sql.value)
+    assert by_sql.value.diag.column_name == "condition"
+    assert triggers.list_triggers(conn) == []
 
 
 def test_a_script_can_send_a_failed_message_again_through_another_channel_and_the_router(

@@ -14,8 +14,14 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The wait before the next try; each failure doubles it up to the cap."""
-        delay = min(self.maximum_s, self.initial_s * self.factor**self.failures)
+        delay = self.delay_after(self.failures)
         self.failures += 1
+        return delay
+
+    def delay_after(self, failures: int) -> float:
+        """The wait after `failures` failed tries, for a count kept elsewhere (a table row)."""
+        # capped before the power, so that a count in the thousands cannot overflow
+        delay = min(self.maximum_s, self.initial_s * self.factor ** min(failures, 64))
         # jitter keeps many services from reconnecting in lockstep after an outage
         return delay * random.uniform(0.8, 1.0)
 

@@ -28,10 +28,15 @@ STATUS = "status"
 NONSTATUS = "nonstatus"
 CONFIG = "config"
 OUTGOING = "outgoing"
+# the webhook outbox has callbacks to deliver (its trigger's NOTIFY)
+WEBHOOKS = "webhooks"
 # what an outside program may announce through UDP or a TCP line
 ANNOUNCEABLE = frozenset({STATUS, NONSTATUS})
 
 MAX_LINE_BYTES = 8192
+# the largest ZeroMQ message a socket accepts (zmq.MAXMSGSIZE); a peer sending more is
+# disconnected. Generous: a service may announce thousands of ids at once
+MAX_FRAME_BYTES = 1_048_576
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 IDS_PATTERN = re.compile(r"^[0-9]{1,19}(,[0-9]{1,19})*$")
 
@@ -79,7 +84,11 @@ def encode_frames(notification: Notification) -> list[bytes]:
 
 
 def decode_frames(frames: list[bytes]) -> Notification:
-    topic = frames[0].decode()
+    """ValueError for anything but a topic and numbers: a topic becomes a line for the TCP
+    listeners, so a newline in it would let a publisher write lines of its own."""
+    topic = frames[0].decode("ascii")
+    if not TOPIC_PATTERN.match(topic):
+        raise ValueError(f"bad topic {topic[:40]!r}")
     ids = tuple(int(i) for i in frames[1].split(b",")) if len(frames) > 1 and frames[1] else ()
     return Notification(topic, ids)
 
@@ -194,6 +203,7 @@ def _tune(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.LINGER, 100)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_INTERVAL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_INTERVAL_MAX_MS)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
 
 
 class Publisher:

@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     deploy_dir: str = "deploy"
     # the folder relative paths above are taken from: the config file's, else the cwd
     base_dir: str = "."
+    # started as root, the services and the embedded PostgreSQL run as this system user
+    # (created at the first `smsbus up`)
+    service_user: str = "smsbus"
 
     @property
     def data_path(self) -> Path:

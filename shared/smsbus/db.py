@@ -13,10 +13,14 @@ from psycopg.rows import dict_row
 
 from smsbus.errors import InvalidMessage
 
+# a transaction left open this long is ended by PostgreSQL; whatever runs while one is open
+# (a SQL trigger, a rule) must be stopped well before
+IDLE_IN_TRANSACTION_TIMEOUT_S = 60
+
 WORKER_SESSION_OPTIONS = (
     "-c plan_cache_mode=force_custom_plan"
     " -c random_page_cost=1.1"
-    " -c idle_in_transaction_session_timeout=60000"
+    f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_S * 1000}"
 )
 # what an ordinary query of a service or of the CLI may take at most
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0

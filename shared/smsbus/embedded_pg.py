@@ -1,30 +1,52 @@
 """The embedded PostgreSQL: the `pgserver` wheel's binaries, data under the data directory.
 
 Used when no database URL is configured (`smsbus up` runs it as a supervisord program) and
-by the test session. It listens on a Unix socket only, so it never collides with a port.
-PostgreSQL refuses to run as root: then it runs as the unprivileged `pgserver` user.
+by the test session. It listens on a Unix socket only, in a folder only its system user may
+enter (0700, and the socket itself 0700), and asks every role for a password (scram-sha-256).
+The passwords are generated at the first start and kept in a pgpass file (0600) that the
+connection URL names, so no password is ever in a command line or an environment variable.
+The services connect as the role `smsbus`, which owns the database and its schema but is no
+superuser (no COPY TO PROGRAM, no server files). Started as root, the server runs as the
+services' system user (PostgreSQL refuses root), see smsbus.privileges.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import pwd
+import secrets
 import subprocess
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
 from smsbus.errors import SmsbusError
+from smsbus.privileges import ensure_service_user, open_path_to, private_folder, started_as_root
 
 DATABASE_NAME = "smsbus"
 SUPERUSER = "postgres"
-SYSTEM_USER_WHEN_ROOT = "pgserver"
+# the role the services, the CLI and migrations use: owns the database, is no superuser
+APPLICATION_ROLE = "smsbus"
+DEFAULT_SERVICE_USER = "smsbus"
 # sun_path holds 107 bytes; the socket file is <socket_dir>/.s.PGSQL.5432
 MAX_SOCKET_DIR_LENGTH = 90
+PASSWORD_BYTES = 32
+
+ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %(role)s"
+CREATE_ROLE = sql.SQL("CREATE ROLE {role} LOGIN")
+# ALTER ROLE takes no parameters: the password goes in already hashed by libpq, never in clear
+SET_ROLE_PASSWORD = sql.SQL(
+    "ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+    " PASSWORD {hashed}"
+)
+DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %(database)s"
+CREATE_DATABASE = sql.SQL("CREATE DATABASE {database} OWNER {role}")
 
 
 def binaries_path() -> Path:
@@ -34,64 +56,110 @@ def binaries_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
-def embedded_database_url(data_path: Path, database: str = DATABASE_NAME) -> str:
-    return f"postgresql://{SUPERUSER}@/{database}?host={data_path / 'pgsocket'}"
+def passfile_path(data_path: Path) -> Path:
+    return data_path / "secrets" / "pgpass"
+
+
+def embedded_database_url(data_path: Path, database: str = DATABASE_NAME, role: str = APPLICATION_ROLE) -> str:
+    """A URL psql takes too: the socket folder and the passfile, never the password."""
+    socket_dir = quote(str(data_path / "pgsocket"), safe="/")
+    passfile = quote(str(passfile_path(data_path)), safe="/")
+    return f"postgresql://{role}@/{database}?host={socket_dir}&passfile={passfile}"
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_path: Path) -> None:
+    def __init__(self, data_path: Path, service_user: str = DEFAULT_SERVICE_USER) -> None:
         self.data_path = data_path
         self.pgdata = data_path / "pgdata"
         self.socket_dir = data_path / "pgsocket"
-        self.run_as = SYSTEM_USER_WHEN_ROOT if os.geteuid() == 0 else None
+        self.passfile = passfile_path(data_path)
+        # root: the server runs as the services' system user (created by ensure_initialized)
+        self.run_as = service_user if started_as_root() else None
         if len(str(self.socket_dir)) > MAX_SOCKET_DIR_LENGTH:
             raise SmsbusError(
                 f"data directory path too long for a PostgreSQL socket ({self.socket_dir}):"
                 " set data_dir to a shorter path"
             )
 
-    def url(self, database: str = DATABASE_NAME) -> str:
-        return embedded_database_url(self.data_path, database)
+    def url(self, database: str = DATABASE_NAME, role: str = APPLICATION_ROLE) -> str:
+        return embedded_database_url(self.data_path, database, role)
 
-    def ensure_initialized(self) -> None:
-        """initdb on first use; make the folders usable by the server's system user."""
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        if self.run_as is not None:
-            self._grant_to_system_user()
-        if (self.pgdata / "PG_VERSION").exists():
-            return
-        subprocess.run(
-            [
-                str(binaries_path() / "initdb"),
-                "-D", str(self.pgdata),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "-U", SUPERUSER,
-            ],
-            check=True,
-            capture_output=True,
-            user=self.run_as,
-        )
-
-    def _grant_to_system_user(self) -> None:
-        with warnings.catch_warnings():
-            # pgserver's import looks up a runtime dir we never use
-            warnings.simplefilter("ignore")
-            from pgserver.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
+    def ensure_initialized(self) -> list[Path]:
+        """The folders (only the server's user may enter them), the passwords, and initdb on
+        first use. Root keeps the data directory itself (supervisord's config and logs live
+        there); the service user's group may enter it, no one else. Returns the folders above
+        it made passable for that user (see smsbus.privileges)."""
+        owner = ensure_service_user(self.run_as) if self.run_as is not None else None
+        opened = []
+        if owner is None:
+            private_folder(self.data_path, None)
+        else:
+            private_folder(self.data_path, None, 0o750)
+            os.chown(self.data_path, 0, owner.pw_gid)
+            opened = open_path_to(owner, self.data_path)
+        for folder in (self.pgdata, self.socket_dir, self.passfile.parent):
+            private_folder(folder, owner)
+        if owner is not None and self.pgdata.stat().st_uid != owner.pw_uid:
+            _chown_tree(self.pgdata, owner)  # a data directory of another system user before
+        initialized = (self.pgdata / "PG_VERSION").exists()
+        if initialized and not self.passfile.exists():
+            raise SmsbusError(
+                f"{self.pgdata} was made by an smsbus without database passwords: dump it"
+                f" (pg_dump) with the old version, move {self.data_path} away, start again, restore"
             )
+        self._ensure_passfile(owner)
+        if not initialized:
+            self._initdb(owner)
+        return opened
 
-        entry = ensure_user_exists(SYSTEM_USER_WHEN_ROOT)
-        assert entry is not None
-        ensure_prefix_permissions(self.pgdata)
-        ensure_folder_permissions(binaries_path().parent, 0o055)
-        for folder in (self.pgdata, self.socket_dir):
-            os.chown(folder, entry.pw_uid, entry.pw_gid)
-        os.chmod(self.pgdata, 0o700)
+    def _ensure_passfile(self, owner: pwd.struct_passwd | None) -> None:
+        if self.passfile.exists():
+            return
+        lines = "".join(
+            f"*:*:*:{role}:{secrets.token_urlsafe(PASSWORD_BYTES)}\n" for role in (SUPERUSER, APPLICATION_ROLE)
+        )
+        _write_private(self.passfile, lines, owner)
+
+    def password(self, role: str) -> str:
+        for line in self.passfile.read_text().splitlines():
+            *_, name, password = line.split(":")
+            if name == role:
+                return password
+        raise SmsbusError(f"no password for role {role} in {self.passfile}")
+
+    def _initdb(self, owner: pwd.struct_passwd | None) -> None:
+        pwfile = self.passfile.with_name("initdb-password")
+        pwfile.unlink(missing_ok=True)  # left by an initdb that was interrupted
+        _write_private(pwfile, self.password(SUPERUSER) + "\n", owner)
+        try:
+            initdb = subprocess.run(
+                [
+                    str(binaries_path() / "initdb"),
+                    "-D", str(self.pgdata),
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "-U", SUPERUSER,
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                **self._as_server_user(),
+            )
+            if initdb.returncode != 0:
+                raise SmsbusError(f"initdb failed: {initdb.stderr.strip() or initdb.stdout.strip()}")
+        finally:
+            pwfile.unlink()
+
+    def _as_server_user(self) -> dict[str, Any]:
+        """subprocess arguments that run a child as the server's user with its groups (user=
+        alone would keep root's groups, and the data directory is entered through the group)."""
+        if self.run_as is None:
+            return {}
+        entry = pwd.getpwnam(self.run_as)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": os.getgrouplist(self.run_as, entry.pw_gid)}
 
     def server_argv(self, settings: Mapping[str, str] | None = None) -> list[str]:
         """The postgres command line, for supervisord or for a test session's Popen."""
@@ -100,6 +168,7 @@ class EmbeddedPostgres:
             "-D", str(self.pgdata),
             "-k", str(self.socket_dir),
             "-c", "listen_addresses=",
+            "-c", "unix_socket_permissions=0700",
         ]
         for name, value in (settings or {}).items():
             argv += ["-c", f"{name}={value}"]
@@ -109,9 +178,7 @@ class EmbeddedPostgres:
         """Run the server as a child (tests, benchmarks); supervisord runs it otherwise."""
         self.ensure_initialized()
         log = (self.data_path / "postgres.log").open("ab")
-        process = subprocess.Popen(
-            self.server_argv(settings), stdout=log, stderr=log, user=self.run_as
-        )
+        process = subprocess.Popen(self.server_argv(settings), stdout=log, stderr=log, **self._as_server_user())
         self.wait_ready(process=process)
         return process
 
@@ -119,7 +186,7 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                psycopg.connect(self.url("postgres"), connect_timeout=2).close()
+                psycopg.connect(self.url("postgres", SUPERUSER), connect_timeout=2).close()
                 return
             except psycopg.OperationalError as e:
                 if process is not None and process.poll() is not None:
@@ -132,10 +199,29 @@ class EmbeddedPostgres:
                 time.sleep(0.1)
 
     def ensure_database(self, database: str = DATABASE_NAME) -> None:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
-            ).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        """The application role (its password from the passfile) and its own database."""
+        role = sql.Identifier(APPLICATION_ROLE)
+        with psycopg.connect(self.url("postgres", SUPERUSER), autocommit=True) as conn:
+            if not conn.execute(ROLE_EXISTS, {"role": APPLICATION_ROLE}).fetchone():
+                conn.execute(CREATE_ROLE.format(role=role))
+            hashed = conn.pgconn.encrypt_password(
+                self.password(APPLICATION_ROLE).encode(), APPLICATION_ROLE.encode(), b"scram-sha-256"
+            )
+            conn.execute(SET_ROLE_PASSWORD.format(role=role, hashed=sql.Literal(hashed.decode())))
+            if not conn.execute(DATABASE_EXISTS, {"database": database}).fetchone():
+                conn.execute(CREATE_DATABASE.format(database=sql.Identifier(database), role=role))
 
+
+def _write_private(path: Path, text: str, owner: pwd.struct_passwd | None) -> None:
+    """A new file only its owner may read, created so (never readable for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        if owner is not None:
+            os.fchown(f.fileno(), owner.pw_uid, owner.pw_gid)
+        f.write(text)
+
+
+def _chown_tree(path: Path, owner: pwd.struct_passwd) -> None:
+    for root, folders, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in folders + files)]:
+            os.lchown(name, owner.pw_uid, owner.pw_gid)

@@ -39,6 +39,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     trigger_error: str | None = None
     # when the router let it through (SPEC §5); channels send only routed messages
     routed_at: datetime | None = None
+    # where its status changes are POSTed, and the API key that created it (SPEC §10)
+    status_callback: str | None = None
+    api_key_id: int | None = None
 
 
 class NewMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +55,8 @@ class NewMessage(msgspec.Struct, frozen=True, kw_only=True):
     properties: dict[str, Any] = {}
     client_ref: str | None = None
     direction: str = "out"
+    status_callback: str | None = None
+    api_key_id: int | None = None
 
 
 MESSAGE_COLUMNS = tuple(Message.__struct_fields__)

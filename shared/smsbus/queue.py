@@ -28,11 +28,40 @@ IS_PERMANENT = """status IN ('SENT', 'FAILED', 'NOCHANNEL', 'BLOCKED', 'DAILYLIM
 
 INSERT_MESSAGE = """
 INSERT INTO messages (direction, to_address, from_address, body, channel, scheduled_at,
-                      properties, client_ref)
+                      properties, client_ref, status_callback, api_key_id)
 VALUES (%(direction)s, %(to_address)s, %(from_address)s, %(body)s, %(channel)s,
-        %(scheduled_at)s, %(properties)s, %(client_ref)s)
+        %(scheduled_at)s, %(properties)s, %(client_ref)s, %(status_callback)s, %(api_key_id)s)
 RETURNING id
 """
+
+# Idempotent sends (SPEC §10): a client_ref already in the table inserts nothing (a concurrent
+# insert of the same client_ref is waited for, then skipped) and the caller reads the first.
+INSERT_MESSAGE_ONCE = """
+INSERT INTO messages (direction, to_address, from_address, body, channel, scheduled_at,
+                      properties, client_ref, status_callback, api_key_id)
+VALUES (%(direction)s, %(to_address)s, %(from_address)s, %(body)s, %(channel)s,
+        %(scheduled_at)s, %(properties)s, %(client_ref)s, %(status_callback)s, %(api_key_id)s)
+ON CONFLICT (client_ref) WHERE client_ref IS NOT NULL DO NOTHING
+RETURNING *
+"""
+# A batch in one statement, one array per column; ids are drawn in the arrays' order, so the
+# returned ids sorted are the inserted rows in order. A repeated client_ref inserts nothing.
+INSERT_MESSAGES_ONCE = """
+INSERT INTO messages (direction, to_address, from_address, body, channel, scheduled_at,
+                      properties, client_ref, status_callback, api_key_id)
+SELECT direction, to_address, from_address, body, channel, scheduled_at,
+       properties::jsonb, client_ref, status_callback, api_key_id
+FROM unnest(%(direction)s::text[], %(to_address)s::text[], %(from_address)s::text[],
+            %(body)s::text[], %(channel)s::text[], %(scheduled_at)s::timestamptz[],
+            %(properties)s::text[], %(client_ref)s::text[], %(status_callback)s::text[],
+            %(api_key_id)s::bigint[])
+     AS batch(direction, to_address, from_address, body, channel, scheduled_at,
+              properties, client_ref, status_callback, api_key_id)
+ON CONFLICT (client_ref) WHERE client_ref IS NOT NULL DO NOTHING
+RETURNING id, client_ref
+"""
+SELECT_BY_CLIENT_REFS = "SELECT id, client_ref FROM messages WHERE client_ref = ANY(%(client_refs)s)"
+SELECT_BY_CLIENT_REF = "SELECT * FROM messages WHERE client_ref = %(client_ref)s"
 
 SELECT_MESSAGE = "SELECT * FROM messages WHERE id = %(id)s"
 
@@ -164,3 +193,56 @@ def to_message(row: Any) -> Message:
 
 def row_id(row: Sequence[Any] | dict[str, Any]) -> int:
     return int(row["id"] if isinstance(row, dict) else row[0])
+
+
+def batch_columns(messages: Sequence[NewMessage]) -> dict[str, list[Any]]:
+    """INSERT_MESSAGES_ONCE's parameters: one list per column, in the messages' order."""
+    encode = msgspec.json.encode
+    return {
+        "direction": [m.direction for m in messages],
+        "to_address": [m.to_address for m in messages],
+        "from_address": [m.from_address for m in messages],
+        "body": [m.body for m in messages],
+        "channel": [m.channel for m in messages],
+        "scheduled_at": [m.scheduled_at for m in messages],
+        "properties": [encode(m.properties).decode() for m in messages],
+        "client_ref": [m.client_ref for m in messages],
+        "status_callback": [m.status_callback for m in messages],
+        "api_key_id": [m.api_key_id for m in messages],
+    }
+
+
+# what an operator may send again (its routed_at cleared by the database, so the router
+# looks at it afresh), and what may still be cancelled
+REQUEUEABLE = ("FAILED", "NOCHANNEL", "BLOCKED", "DAILYLIMIT")
+CANCELLABLE = ("QUEUED", "SCHEDULED")
+CANCELLED_ERROR = "cancelled"
+SELECT_STATUSES = "SELECT id, status FROM messages WHERE id = ANY(%(ids)s)"
+
+
+def requeue(conn: Any, ids: Iterable[int]) -> dict[int, str | None]:
+    """FAILED/NOCHANNEL/BLOCKED/DAILYLIMIT -> QUEUED with a fresh attempt count. Returns, per
+    id, None when it moved or why not. Caller commits (CLI and API alike)."""
+    return _move_each(conn, ids, REQUEUEABLE, "QUEUED", "requeued", attempts=0, next_attempt_at=None, error=None)
+
+
+def cancel(conn: Any, ids: Iterable[int]) -> dict[int, str | None]:
+    """QUEUED/SCHEDULED -> FAILED with error 'cancelled' (one a channel has claimed is SENDING
+    and can no longer be). Returns, per id, None when it moved or why not. Caller commits."""
+    return _move_each(conn, ids, CANCELLABLE, "FAILED", "cancelled", error=CANCELLED_ERROR)
+
+
+def _move_each(
+    conn: Any, ids: Iterable[int], sources: Sequence[str], to_status: str, verb: str, **changes: Any
+) -> dict[int, str | None]:
+    wanted = list(dict.fromkeys(ids))
+    found = {row_id(row): row["status"] for row in conn.execute(SELECT_STATUSES, {"ids": wanted})}
+    moved: set[int] = set()
+    for source in sources:
+        moved.update(move(conn, [i for i in wanted if found.get(i) == source], source, to_status, **changes))
+    return {
+        i: None if i in moved
+        else f"no message with id {i}" if i not in found
+        else f"message {i} is {found[i]}; only {', '.join(sources)} can be {verb}"
+        for i in wanted
+    }

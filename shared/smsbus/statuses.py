@@ -71,7 +71,8 @@ INCOMING: frozenset[Status] = frozenset({Status.CREATING, Status.RECEIVING, Stat
 # from -> the statuses it may move to. Anything not listed is refused.
 ALLOWED_MOVES: dict[Status, frozenset[Status]] = {
     Status.CREATING: frozenset({Status.SCHEDULED, Status.QUEUED, Status.RECEIVING}),
-    Status.SCHEDULED: frozenset({Status.QUEUED}),
+    # released by the router, or cancelled by an operator before its time
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.FAILED}),
     # router outcomes; a channel claims; a message that can never be sent fails
     Status.QUEUED: frozenset(
         {
@@ -126,8 +127,10 @@ TRIGGER_MOVES: dict[TriggerStatus, frozenset[TriggerStatus]] = {
     TriggerStatus.NOT_APPLICABLE: frozenset({TriggerStatus.PENDING}),
     # N/A again: the process that claimed it is gone, another may take it
     TriggerStatus.PENDING: frozenset({TriggerStatus.PROCESSING, TriggerStatus.NOT_APPLICABLE}),
+    # N/A again from PROCESSING too: its process died while a script ran (at-least-once)
     TriggerStatus.PROCESSING: frozenset(
         {
+            TriggerStatus.NOT_APPLICABLE,
             TriggerStatus.PROCESSED,
             TriggerStatus.NOMATCH,
             TriggerStatus.NOTRIGGERS,

@@ -23,6 +23,7 @@ from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped
 from smsbus.config import Settings
 from smsbus.embedded_pg import EmbeddedPostgres
 from smsbus.errors import NotRunning, SmsbusError
+from smsbus.privileges import started_as_root
 
 POSTGRES_PROGRAM = "postgres"
 MAIN_TEMPLATE = "supervisord.conf.template"
@@ -58,6 +59,7 @@ def render_config(settings: Settings, *, nodaemon: bool) -> Path:
         "nodaemon": "true" if nodaemon else "false",
         "postgres_program": _render_postgres(settings, paths) if settings.uses_embedded_postgres else "",
         "channels_conf": str(paths.channels_conf),
+        "program_user_line": _program_user_line(settings),
     }
     # no channel programs until the database is migrated: `smsbus up` then syncs them
     paths.channels_conf.write_text("")
@@ -86,7 +88,11 @@ def render_channel_programs(settings: Settings, channels: Iterable[ChannelProgra
     paths = Paths(settings)
     channels = list(channels)
     template = _template(settings, CHANNEL_TEMPLATE)
-    common = {"log_dir": str(paths.log_dir), "bin_dir": str(Path(sys.executable).parent)}
+    common = {
+        "log_dir": str(paths.log_dir),
+        "bin_dir": str(Path(sys.executable).parent),
+        "program_user_line": _program_user_line(settings),
+    }
     text = "\n".join(
         template.substitute(common, program=c.program, name=c.name, type=c.type, stop_wait_s=c.stop_wait_s)
         for c in channels
@@ -108,11 +114,16 @@ def _reachable(bind_host: str) -> str:
     return socket.getfqdn() if bind_host in ("", "0.0.0.0", "::") else bind_host
 
 
+def _program_user_line(settings: Settings) -> str:
+    """supervisord (root) starts the programs as the service user; as anyone else, as itself."""
+    return f"user={settings.service_user}" if started_as_root() else ""
+
+
 def _render_postgres(settings: Settings, paths: Paths) -> str:
-    embedded = EmbeddedPostgres(settings.data_path)
+    embedded = EmbeddedPostgres(settings.data_path, settings.service_user)
     values = {
         "postgres_command": shlex.join(embedded.server_argv()),
-        "postgres_user_line": f"user={embedded.run_as}" if embedded.run_as else "",
+        "program_user_line": _program_user_line(settings),
         "log_dir": str(paths.log_dir),
     }
     return _template(settings, POSTGRES_TEMPLATE).substitute(values)

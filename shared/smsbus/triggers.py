@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -19,10 +19,16 @@ import psycopg
 from psycopg import sql
 
 from smsbus import queue
+from smsbus.db import IDLE_IN_TRANSACTION_TIMEOUT_S
 from smsbus.errors import SmsbusError
 from smsbus.statuses import TRIGGERS_DONE, TriggerStatus, check_trigger_move
 
 Language = Literal["python", "sql"]
+
+# A SQL trigger runs inside the message's transaction: stopped well before PostgreSQL would
+# end the session for an idle transaction. Python scripts run with no transaction open, but
+# share the cap so one number bounds every trigger.
+MAX_TIMEOUT_S = IDLE_IN_TRANSACTION_TIMEOUT_S - 10
 LANGUAGES: tuple[str, ...] = ("python", "sql")
 
 
@@ -42,7 +48,8 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def timeout_s(self) -> float:
-        return self.timeout.total_seconds()
+        """The timeout it runs with: a row saved by plain SQL beyond the cap gets the cap."""
+        return min(self.timeout.total_seconds(), MAX_TIMEOUT_S)
 
     @property
     def digest(self) -> str:
@@ -80,8 +87,8 @@ UPDATE triggers AS t SET position = o.position
 FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS o(id, position)
 WHERE t.id = o.id AND t.position <> o.position
 """
-# the same template the service evaluates conditions with, so what passes here runs there
-CHECK_CONDITION = "PREPARE smsbus_check_condition AS SELECT ({condition}) IS TRUE FROM messages"
+# the query the service evaluates conditions with, so what passes here runs there
+CHECK_CONDITION = "PREPARE smsbus_check_condition AS {query}"
 CHECK_SQL_SCRIPT = "PREPARE smsbus_check_script(bigint) AS {script}"
 SELECT_SCRIPT_PARAMETERS = """
 SELECT cardinality(parameter_types) AS parameters FROM pg_prepared_statements
@@ -95,6 +102,19 @@ def condition_sql(condition: str) -> str:
     """A condition as an SQL expression: on lines of its own, so a trailing `--` comment
     cannot swallow what follows."""
     return f"(\n{condition}\n)"
+
+
+def matching_triggers_query(conditions: Sequence[tuple[str, int]]) -> bytes:
+    """Per message id ($1: the ids), the ids of the triggers (condition, id) whose condition
+    holds, in the order given: the triggers service's one query per batch."""
+    cases = ",\n".join(
+        f"CASE WHEN {condition_sql(condition)} IS TRUE THEN {int(trigger_id)}::bigint END"
+        for condition, trigger_id in conditions
+    )
+    return (
+        f"SELECT id, array_remove(ARRAY[\n{cases}\n]::bigint[], NULL) AS matched\n"
+        "FROM messages WHERE id = ANY($1)"
+    ).encode()
 
 
 def list_triggers(conn: psycopg.Connection[Any], *, enabled_only: bool = False) -> list[Trigger]:
@@ -121,7 +141,8 @@ def check_trigger(conn: psycopg.Connection[Any], condition: str, language: str, 
         raise InvalidTrigger("language", f"{language!r} is not one of {', '.join(LANGUAGES)}")
     if not script.strip():
         raise InvalidTrigger("script", "empty")
-    with _prepared(conn, "condition", CHECK_CONDITION.format(condition=condition_sql(condition))):
+    query = matching_triggers_query([(condition, 0)]).decode()
+    with _prepared(conn, "condition", CHECK_CONDITION.format(query=query)):
         pass
     if language == "python":
         check_python_script(script)
@@ -249,8 +270,8 @@ def _check_name(name: str) -> None:
 
 
 def _check_timeout(timeout_s: float) -> None:
-    if not timeout_s > 0:
-        raise InvalidTrigger("timeout", f"must be more than 0 seconds, got {timeout_s}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise InvalidTrigger("timeout", f"must be more than 0 and at most {MAX_TIMEOUT_S} seconds, got {timeout_s}")
 
 
 # -- trigger_status -----------------------------------------------------------------------

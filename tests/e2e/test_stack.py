@@ -3,15 +3,19 @@ broker; `smsbus status` from another shell; `smsbus down`. No database URL is co
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.peers.processes import BIN_DIR, PROJECT_ROOT, service_environment
@@ -88,9 +92,11 @@ def test_up_detached_runs_embedded_postgres_and_broker_then_down(fresh_install_e
     status = wait_all_running(env)
     states = program_states(status)
     # every service program of deploy/supervisord.conf.template runs, whichever there are
-    assert {"broker", "postgres", "router", "triggers", "archiver"} <= set(states), states
+    assert {"broker", "postgres", "router", "triggers", "archiver", "webhooks"} <= set(states), states
     assert set(states.values()) == {"RUNNING"}, states
     assert (Path(env[WORKDIR]) / "var" / "pgdata" / "PG_VERSION").exists()
+    if os.geteuid() == 0:  # as the test suite runs here; otherwise all runs as its user anyway
+        assert_nothing_runs_as_root_and_other_users_are_kept_out(env)
 
     sent = smsbus(env, "send", "--to", "+31612345678", "--body", "hi")
     assert sent.returncode == 0, sent.stderr
@@ -134,3 +140,51 @@ def test_ctrl_c_while_starting_stops_what_was_started(fresh_install_env: dict[st
             up.kill()
     assert "smsbus is up" not in output, output
     assert smsbus(env, "status").returncode == 3
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    """A command run by an unprivileged local account (the one named nobody)."""
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def assert_nothing_runs_as_root_and_other_users_are_kept_out(env: dict[str, str]) -> None:
+    """What `smsbus up` started as root left running (SPEC §13)."""
+    var = Path(env[WORKDIR]) / "var"
+    # `ps` shows every program of supervisord as the unprivileged service user
+    supervisord_pid = (var / "run" / "supervisord.pid").read_text().strip()
+    ps = subprocess.run(["ps", "-o", "user:16=,args=", "--ppid", supervisord_pid], capture_output=True, text=True)
+    programs = [line.split(None, 1) for line in ps.stdout.splitlines()]
+    assert len(programs) >= 5 and {user for user, _ in programs} == {"smsbus"}, ps.stdout
+
+    # the services' role owns the schema and is no superuser: no COPY ... TO PROGRAM
+    url = smsbus(env, "db", "url").stdout.strip()
+    with psycopg.connect(url, autocommit=True) as conn:
+        role = conn.execute("SELECT rolname, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert role == ("smsbus", False)
+        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'messages'").fetchone()
+        assert owner == ("smsbus",)
+        services = conn.execute(
+            "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name IN ('router', 'triggers')"
+        ).fetchall()
+        assert services == [("smsbus",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'id'")
+    # a password is asked even of root, who can reach the socket
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(url.split("&passfile=")[0], connect_timeout=5).close()
+
+    secrets = var / "secrets" / "pgpass"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    socket_file = var / "pgsocket" / ".s.PGSQL.5432"
+    assert stat.S_IMODE(socket_file.stat().st_mode) == 0o700
+    assert stat.S_IMODE(socket_file.parent.stat().st_mode) == 0o700
+
+    # another local account reads no secret and reaches no database
+    for path in (secrets, var / "pgdata" / "PG_VERSION"):
+        read = as_nobody("cat", str(path))
+        assert read.returncode != 0 and "Permission denied" in read.stderr
+    connect = as_nobody(sys.executable, "-c", f"import psycopg; psycopg.connect({url!r}, connect_timeout=5)")
+    assert connect.returncode != 0 and "Permission denied" in connect.stderr, connect.stderr

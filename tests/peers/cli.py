@@ -48,8 +48,12 @@ def smsbus(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Calla
 
 
 @pytest.fixture
-def supervisord(cli_env: dict[str, str]) -> Iterator[Supervisor]:
-    """A real supervisord with the rendered config (no embedded PostgreSQL: the test's own)."""
+def supervisord(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Supervisor]:
+    """A real supervisord with the rendered config (no embedded PostgreSQL: the test's own).
+    Its programs stay root like the test run: the modem emulator's pty and pytest's temporary
+    folders are root's (tests/e2e shows the services as the unprivileged user)."""
+    cli_env = {**cli_env, "SMSBUS_SERVICE_USER": "root"}
+    monkeypatch.setenv("SMSBUS_SERVICE_USER", "root")  # for the channel programs the CLI adds
     settings = config.load(cli_env)
     conf = render_config(settings, nodaemon=True)
     process = subprocess.Popen([str(BIN_DIR / "supervisord"), "-c", str(conf)], env=cli_env)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
+import resource
 import socket
 import sys
 import time
@@ -23,6 +25,7 @@ import zmq
 
 from smsbus.bus import (
     IDS_PER_DATAGRAM,
+    MAX_FRAME_BYTES,
     MAX_LINE_BYTES,
     STATUS,
     Notification,
@@ -42,6 +45,8 @@ CONFIG_TABLES = ("channels", "routing_rules", "blocking_rules", "triggers")
 UDP_BATCH = 256
 # fixed (no autotuning): what a stalled listener can hold in the kernel stays bounded
 LISTENER_SEND_BUFFER_BYTES = 262_144
+# descriptors the broker needs besides its listeners (sockets, ZeroMQ, database, metrics)
+OWN_DESCRIPTORS = 256
 
 log = logging.getLogger(SERVICE)
 
@@ -66,30 +71,44 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a listener that stops reading is disconnected once this much waits for it
     max_listener_buffer_bytes: int = msgspec.field(default=1_048_576)
     udp_receive_buffer_bytes: int = 4 * 1_048_576
+    # TCP listeners served at once; more are closed as they connect (the first keep being
+    # served). The broker raises its own descriptor limit to fit, as far as the system allows
+    max_listeners: int = msgspec.field(default=1000)
 
     def __post_init__(self) -> None:
         if self.max_listener_buffer_bytes < MAX_LINE_BYTES:
             raise ValueError(f"max_listener_buffer_bytes must be at least {MAX_LINE_BYTES}")
+        if self.max_listeners < 1:
+            raise ValueError("max_listeners must be at least 1")
 
 
-class MalformedLog:
-    """At most one log line per second for malformed input: a flood must not flood the log."""
+class ThrottledLog:
+    """At most one log line per second for one kind of event: a flood must not flood the log;
+    each line says how many were left out since the last."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str) -> None:
+        self.text = text
         self.last_at = 0.0
         self.suppressed = 0
 
-    def record(self, source: str, peer: object, reason: str) -> None:
-        MALFORMED.labels(source).inc()
+    def warn(self, *args: object) -> None:
         now = time.monotonic()
         if now - self.last_at < 1.0:
             self.suppressed += 1
             return
-        log.warning(
-            "malformed notification source=%s peer=%s reason=%s suppressed=%d",
-            source, peer, reason, self.suppressed,
-        )
+        log.warning(self.text + " suppressed=%d", *args, self.suppressed)
         self.last_at, self.suppressed = now, 0
+
+
+class MalformedLog:
+    """Malformed input: counted, and logged at most once a second."""
+
+    def __init__(self) -> None:
+        self.log = ThrottledLog("malformed notification source=%s peer=%s reason=%s")
+
+    def record(self, source: str, peer: object, reason: str) -> None:
+        MALFORMED.labels(source).inc()
+        self.log.warn(source, peer, reason)
 
 
 class TcpListener:
@@ -112,6 +131,8 @@ class Broker:
         self.xpub = context.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
             sock.setsockopt(zmq.LINGER, 0)
+            # a bigger message (or subscription) disconnects its sender
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self.xsub.bind(f"tcp://{own.bind_host}:{bus.publish_port}")
         self.xpub.bind(f"tcp://{own.bind_host}:{bus.subscribe_port}")
         # the broker wants everything services publish, for its TCP listeners too
@@ -130,6 +151,14 @@ class Broker:
 
         self.listeners: dict[int, TcpListener] = {}
         self.malformed = MalformedLog()
+        self.refused_log = ThrottledLog(
+            "listener refused peer=%s reason=%s listeners=%d max_listeners=%d"
+            " (the first listeners keep being served; see broker.max_listeners)"
+        )
+        # a descriptor kept in reserve: out of descriptors (EMFILE), it is given up for a
+        # moment to accept and close the waiting connection, instead of it waiting for ever
+        # and the listening socket waking the loop again and again
+        self.reserve_fd: int | None = os.open(os.devnull, os.O_RDONLY)
 
     # -- what the main loop calls ------------------------------------------------------
 
@@ -199,11 +228,49 @@ class Broker:
                 sock, peer = self.tcp.accept()
             except BlockingIOError:
                 return
+            except OSError as e:
+                # (Linux says EMFILE before it looks whether anyone waits)
+                if e.errno in (errno.EMFILE, errno.ENFILE) and self.refuse_without_descriptors():
+                    continue
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # gone before we took it
+                raise
+            if len(self.listeners) >= self.own.max_listeners:
+                sock.close()
+                self.refuse("max_listeners", peer[0])
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LISTENER_SEND_BUFFER_BYTES)
             self.listeners[sock.fileno()] = TcpListener(sock, peer[0])
             LISTENERS.set(len(self.listeners))
             log.info("listener connected peer=%s listeners=%d", peer[0], len(self.listeners))
+
+    def refuse(self, reason: str, peer: object) -> None:
+        LISTENERS_DROPPED.labels(reason).inc()
+        self.refused_log.warn(peer, reason, len(self.listeners), self.own.max_listeners)
+
+    def refuse_without_descriptors(self) -> bool:
+        """Accept and close one waiting connection with the reserve descriptor; False when
+        none waits (or the reserve could not be had back: the next wake-up tries again)."""
+        if self.reserve_fd is None:
+            return False
+        os.close(self.reserve_fd)
+        self.reserve_fd = None
+        try:
+            sock, peer = self.tcp.accept()
+        except OSError:
+            return False
+        else:
+            sock.close()
+            self.refuse("no_descriptors", peer[0])
+            return True
+        finally:
+            try:
+                self.reserve_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self.reserve_fd = None
 
     def on_listener(self, listener: TcpListener, events: int) -> None:
         if events & zmq.POLLIN:
@@ -275,6 +342,18 @@ class Broker:
         self.tcp.close()
         self.xsub.close()
         self.xpub.close()
+        if self.reserve_fd is not None:
+            os.close(self.reserve_fd)
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """The soft RLIMIT_NOFILE up to `wanted` (the hard limit caps it); returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 def coalesce(notifications: list[Notification]) -> list[Notification]:
@@ -293,6 +372,12 @@ def coalesce(notifications: list[Notification]) -> list[Notification]:
 
 def main() -> None:
     settings, own = prepare(SERVICE, BrokerSettings)
+    limit = raise_descriptor_limit(own.max_listeners + OWN_DESCRIPTORS)
+    if limit < own.max_listeners + OWN_DESCRIPTORS:
+        log.warning(
+            "descriptor limit %d is below max_listeners=%d plus %d: listeners past it are refused",
+            limit, own.max_listeners, OWN_DESCRIPTORS,
+        )
     try:
         broker = Broker(settings, own)
     except OSError as e:

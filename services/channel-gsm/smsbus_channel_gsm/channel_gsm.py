@@ -28,7 +28,7 @@ import serial  # type: ignore[import-untyped]
 
 from smsbus import channel_health, incoming, metrics, queue
 from smsbus.backoff import Backoff
-from smsbus.bus import STATUS, Publisher, outgoing_topic
+from smsbus.bus import Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, GsmSettings, start_channel
 from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, segment_text
 from smsbus.errors import ConfigError
@@ -970,8 +970,8 @@ def main(argv: list[str] | None = None) -> None:
             service=f"{SERVICE}-{row.name}",
             loop=LoopSettings(poll_interval_s=row.settings.poll_interval_s, metrics_port=row.settings.metrics_port),
             step=channel.step,
-            # `status` too: a row routed by plain SQL (routed_at set) announces only `status`
-            wake_on=[outgoing_topic(row.name), STATUS],
+            # the database announces it for rows made ready for this channel (0031)
+            wake_on=[outgoing_topic(row.name)],
             watches=channel.watches,
             next_wake=channel.next_wake,
         )

@@ -2,7 +2,7 @@
 
 Owns QUEUED -> SENDING -> SENT | FAILED | QUEUED (retry) for its channel, SENT -> DELIVERED |
 NOTDELIVERED | NOREPORT from receipts, and the incoming `in`/RECEIVED rows. Wakes on
-`outgoing.<channel>` (and `status`), on its SMPP socket and on its own timers; one thread owns
+`outgoing.<channel>` (announced by the database), on its SMPP socket and on its own timers; one thread owns
 the database connection and every SMPP socket (no lock needed).
 """
 
@@ -29,7 +29,7 @@ import psycopg
 
 from smsbus import channel_health, db, metrics
 from smsbus.backoff import Backoff
-from smsbus.bus import STATUS, Publisher, outgoing_topic
+from smsbus.bus import Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, SmppSettings, start_channel
 from smsbus.encoding import Encoding, TextNotEncodable, choose_encoding, segment_text, split_user_data
 from smsbus.loop import Connection, LoopSettings, Watch, run
@@ -886,8 +886,8 @@ def main(argv: list[str] | None = None) -> None:
             service=f"{SERVICE}-{row.name}",
             loop=LoopSettings(poll_interval_s=row.settings.poll_interval_s, metrics_port=row.settings.metrics_port),
             step=channel.step,
-            # `status` too: a row routed by plain SQL (routed_at set) announces only `status`
-            wake_on=[outgoing_topic(row.name), STATUS],
+            # the database announces it for rows made ready for this channel (0031)
+            wake_on=[outgoing_topic(row.name)],
             watches=channel.watches,
             next_wake=channel.next_wake,
             on_connect=channel.on_connect,

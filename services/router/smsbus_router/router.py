@@ -2,7 +2,7 @@
 QUEUED message it has not seen through the blocking rules, the routing rules and the daily
 limits. Status moves: SCHEDULED -> QUEUED; QUEUED -> BLOCKED | NOCHANNEL | DAILYLIMIT
 (| FAILED when a rule raises on that message); a QUEUED message it passes gets its channel
-and routed_at, and `outgoing.<channel>` is published after the commit.
+and routed_at; the database announces `outgoing.<channel>` when the pass commits (0031).
 Any number of routers share the queue: claims skip what another router holds, and daily
 counts are row-locked in channel-name order inside the routing transaction.
 """
@@ -21,7 +21,7 @@ import prometheus_client
 import psycopg
 
 from smsbus import queue
-from smsbus.bus import CONFIG, STATUS, Publisher, outgoing_topic
+from smsbus.bus import CONFIG, STATUS
 from smsbus.channel_health import connected_channels
 from smsbus.config import OptionalPort, Seconds
 from smsbus.loop import Connection, LoopSettings, first_line, prepare, run
@@ -114,9 +114,8 @@ class RouterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Router:
-    def __init__(self, own: RouterSettings, publisher: Publisher | None) -> None:
+    def __init__(self, own: RouterSettings) -> None:
         self.own = own
-        self.publisher = publisher
         self.rotation = Rotation()
         self.next_due_at: float | None = None
         self.rules: Rules | None = None
@@ -177,9 +176,6 @@ class Router:
         applied = apply(conn, decisions, ctids, day, limited)
         conn.commit()
         receiving = {channel for status, channel in applied if status == Status.QUEUED}
-        if self.publisher is not None:
-            for channel in sorted(receiving):
-                self.publisher.publish(outgoing_topic(channel))
         for (status, channel), count in applied.items():
             count_moves(status, channel, count)
         log.debug("routed batch=%d channels=%s", len(decisions), ",".join(sorted(receiving)) or "-")
@@ -278,16 +274,12 @@ def apply(
 
 def main() -> None:
     settings, own = prepare(SERVICE, RouterSettings)
-    publisher = Publisher(settings.bus)
-    router = Router(own, publisher)
-    try:
-        run(
-            settings=settings,
-            service=SERVICE,
-            loop=LoopSettings(poll_interval_s=own.poll_interval_s, metrics_port=own.metrics_port),
-            step=router.step,
-            wake_on=[STATUS, CONFIG],
-            next_wake=router.next_wake,
-        )
-    finally:
-        publisher.close()
+    router = Router(own)
+    run(
+        settings=settings,
+        service=SERVICE,
+        loop=LoopSettings(poll_interval_s=own.poll_interval_s, metrics_port=own.metrics_port),
+        step=router.step,
+        wake_on=[STATUS, CONFIG],
+        next_wake=router.next_wake,
+    )

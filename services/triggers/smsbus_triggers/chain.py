@@ -1,4 +1,6 @@
-"""One message's chain of matching triggers, in order, in the message's transaction.
+"""One message's chain of matching triggers, in order. No transaction is open while a Python
+script runs: its requests are applied afterwards in a short transaction guarded by the claim
+(trigger_status PROCESSING under this backend's pid), so a receipt for the message never waits.
 
 What each trigger changes is in a savepoint of its own: a trigger that fails (raises, times
 out, asks for a move the status table forbids, creates a message PostgreSQL refuses) leaves
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -21,7 +24,7 @@ from psycopg.types.json import Jsonb
 from smsbus import queue
 from smsbus.errors import SmsbusError
 from smsbus.message import Message
-from smsbus.statuses import Status, TriggerStatus
+from smsbus.statuses import Status, TriggerStatus, check_trigger_move
 from smsbus.triggers import Trigger, move_trigger_status
 from smsbus_triggers.protocol import (
     Action,
@@ -48,6 +51,20 @@ UPDATE messages SET properties = properties || %(properties)s WHERE id = %(id)s 
 # a message sent again goes through the router again (blocking rules, limits, a channel)
 CLEAR_ROUTED_AT = "UPDATE messages SET routed_at = NULL WHERE id = %(id)s"
 SET_SCRIPT_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s, false)"
+
+# The claim guard: a message is this backend's to change while it is PROCESSING under its pid.
+SELECT_OWN_PROCESSING = """
+SELECT * FROM messages
+WHERE id = %(id)s AND trigger_status = 'PROCESSING' AND trigger_owner_pid = pg_backend_pid()
+FOR NO KEY UPDATE
+"""
+# PROCESSING -> PROCESSED / FAILED (smsbus.statuses.TRIGGER_MOVES), under the same guard
+FINISH_OWN_PROCESSING = """
+UPDATE messages SET trigger_status = %(outcome)s, trigger_error = %(error)s
+WHERE id = %(id)s AND trigger_status = 'PROCESSING' AND trigger_owner_pid = pg_backend_pid()
+"""
+check_trigger_move(TriggerStatus.PROCESSING, TriggerStatus.PROCESSED)
+check_trigger_move(TriggerStatus.PROCESSING, TriggerStatus.FAILED)
 
 Connection = psycopg.Connection[dict[str, Any]]
 
@@ -81,19 +98,16 @@ def run_chain(
     worker: WorkerProcess,
     timeouts: StatementTimeout,
 ) -> ChainResult:
-    """In the caller's transaction, with the message's trigger_status PROCESSING; ends it
-    PROCESSED or FAILED unless a script already moved it (to PROCESSED, or a status that
-    offers it to the triggers anew)."""
+    """With the message's trigger_status PROCESSING and owned by this connection's backend;
+    ends it PROCESSED or FAILED unless a script (or a new permanent status) moved it already.
+    Each trigger's changes are a short transaction of their own (a savepoint when the caller
+    holds one); a Python script runs before it, so no transaction waits for a script."""
     runs: list[TriggerRun] = []
     notifications: list[Notify] = []
     failure: str | None = None
-    # after a SQL script the message is read again, but only when a next trigger needs it
     current: Message | None = message
     for trigger in triggers:
-        if current is None:
-            current = queue.get_message(conn, message.id)
-        if current.trigger_status != TriggerStatus.PROCESSING:
-            break
+        assert current is not None
         run = TriggerRun(trigger.name)
         runs.append(run)
         started = time.monotonic()
@@ -109,16 +123,21 @@ def run_chain(
             TRIGGER_SECONDS.labels(trigger.language).observe(time.monotonic() - started)
         TRIGGER_RUNS.labels(trigger.language, "ok").inc()
         notifications += [a for a in run.actions if isinstance(a, Notify)]
-    if failure is not None:
-        outcome = TriggerStatus.FAILED
-    elif current is None or current.trigger_status == TriggerStatus.PROCESSING:
-        outcome = TriggerStatus.PROCESSED
-    else:
-        return ChainResult(runs, current.trigger_status, notifications)
-    # guarded: a script may have moved it already (PROCESSED, or N/A by a new permanent status)
-    if move_trigger_status(conn, [message.id], TriggerStatus.PROCESSING, outcome, trigger_error=failure):
+        if current is None:
+            # a script marked it processed, or it entered a new permanent status meanwhile
+            return ChainResult(runs, trigger_status_now(conn, message.id), notifications)
+    outcome = TriggerStatus.FAILED if failure is not None else TriggerStatus.PROCESSED
+    with conn.transaction():
+        finished = conn.execute(FINISH_OWN_PROCESSING, {"id": message.id, "outcome": outcome, "error": failure})
+    if finished.rowcount:
         return ChainResult(runs, outcome, notifications)
-    return ChainResult(runs, queue.get_message(conn, message.id).trigger_status, notifications)
+    return ChainResult(runs, trigger_status_now(conn, message.id), notifications)
+
+
+def trigger_status_now(conn: Connection, message_id: int) -> str:
+    """In a transaction of its own: none is left open behind the chain."""
+    with conn.transaction():
+        return queue.get_message(conn, message_id).trigger_status
 
 
 class StatementTimeout:
@@ -144,26 +163,46 @@ def run_trigger(
     run: TriggerRun,
     timeouts: StatementTimeout,
 ) -> Message | None:
-    """One trigger; what it changes is in a savepoint of its own. Returns the message as the
-    trigger left it, or None when a SQL script may have changed it."""
-    if trigger.language == "sql":
-        timeouts.set(trigger.timeout_s)  # outside the savepoint, which would undo it
-        with conn.transaction():
-            run.rows = run_sql_script(conn, message, trigger)
-        return None
-    result = worker.run(trigger, message)
-    run.actions = list(result.actions)
-    for action in result.actions:
+    """One trigger: a Python script first runs with no transaction open; then, in one short
+    transaction that holds the message only while it is still ours, the SQL script runs or
+    the Python script's requests are applied, in a savepoint (a failure leaves nothing).
+    Returns the message as the trigger left it, or None when it is ours no longer."""
+    result = worker.run(trigger, message) if trigger.language == "python" else None
+    if result is not None:
+        log_script_lines(message, trigger, result.actions)
+        run.actions = list(result.actions)
+        if result.error is not None:
+            raise TriggerFailed(result.error)
+    with conn.transaction():
+        if select_own_processing(conn, message.id) is None:
+            return None
+        if result is None:
+            timeouts.set(trigger.timeout_s)  # outside the savepoint, which would undo it
+            with conn.transaction():
+                run.rows = run_sql_script(conn, message, trigger)
+        else:
+            apply_actions(conn, message, result.actions)
+        return select_own_processing(conn, message.id)
+
+
+def select_own_processing(conn: Connection, message_id: int) -> Message | None:
+    """The message, locked, while this backend's claim on it holds; else None."""
+    row = conn.execute(SELECT_OWN_PROCESSING, {"id": message_id}).fetchone()
+    return None if row is None else queue.to_message(row)
+
+
+def log_script_lines(message: Message, trigger: Trigger, actions: Sequence[Action]) -> None:
+    for action in actions:
         if isinstance(action, Log):
             log.log(
                 logging.getLevelName(action.level.upper()),
                 "script log id=%d trigger=%s text=%s", message.id, trigger.name, action.text,
             )
-    if result.error is not None:
-        raise TriggerFailed(result.error)
-    changes = [a for a in result.actions if isinstance(a, SendMessage | ChangeMessage | MarkProcessed)]
-    if not changes:
-        return message
+
+
+def apply_actions(conn: Connection, message: Message, actions: Sequence[Action]) -> None:
+    """The changes a script asked for, in order, all or none."""
+    changes = [a for a in actions if isinstance(a, SendMessage | ChangeMessage | MarkProcessed)]
     try:
         with conn.transaction():
             for action in changes:
@@ -172,7 +211,6 @@ def run_trigger(
         if isinstance(e, psycopg.OperationalError):
             raise  # the connection, not the script: the main loop reconnects
         raise TriggerFailed(f"PostgreSQL refused a change: {e.diag.message_primary or e}") from None
-    return message
 
 
 def run_sql_script(conn: Connection, message: Message, trigger: Trigger) -> int:

@@ -11,20 +11,9 @@ from typing import Any
 
 import psycopg
 
-from smsbus.triggers import Trigger, condition_sql
-
-
-def matching_triggers_query(triggers: Sequence[Trigger]) -> bytes:
-    """Per message id ($1: the ids), the ids of the triggers whose condition holds, in
-    trigger order."""
-    cases = ",\n".join(
-        f"CASE WHEN {condition_sql(t.condition)} IS TRUE THEN {int(t.id)}::bigint END" for t in triggers
-    )
-    return (
-        f"SELECT id, array_remove(ARRAY[\n{cases}\n]::bigint[], NULL) AS matched\n"
-        "FROM messages WHERE id = ANY($1)"
-    ).encode()
+from smsbus.triggers import Trigger, matching_triggers_query
 
 
 def evaluate_conditions(conn: psycopg.Connection[Any], triggers: Sequence[Trigger], ids: list[int]) -> list[Any]:
-    return psycopg.RawCursor(conn).execute(matching_triggers_query(triggers), [ids]).fetchall()
+    query = matching_triggers_query([(t.condition, t.id) for t in triggers])
+    return psycopg.RawCursor(conn).execute(query, [ids]).fetchall()

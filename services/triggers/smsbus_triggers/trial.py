@@ -17,8 +17,11 @@ from smsbus_triggers.chain import ChainResult, StatementTimeout, run_chain
 from smsbus_triggers.conditions import evaluate_conditions
 from smsbus_triggers.runner import WorkerProcess
 
-# the script sees the message as the service would show it, whatever its trigger_status is
-PRETEND_PROCESSING = "UPDATE messages SET trigger_status = 'PROCESSING' WHERE id = %(id)s"
+# the script sees the message as the service would show it, whatever its trigger_status is,
+# claimed by this connection as the service's claim guard expects
+PRETEND_PROCESSING = """
+UPDATE messages SET trigger_status = 'PROCESSING', trigger_owner_pid = pg_backend_pid() WHERE id = %(id)s
+"""
 LAST_ID = "SELECT coalesce(max(id), 0) AS id FROM messages"
 CREATED_SINCE = "SELECT * FROM messages WHERE id > %(id)s ORDER BY id"
 # what the service itself changes on every message: not the trigger's doing

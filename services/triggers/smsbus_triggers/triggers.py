@@ -5,7 +5,8 @@ Owns trigger_status N/A -> PENDING (the claim: several processes share the work 
 SKIP LOCKED) -> PROCESSING -> PROCESSED / NOMATCH / NOTRIGGERS / FAILED. The conditions of
 every enabled trigger are evaluated by PostgreSQL for the whole claimed batch in one query.
 Wakes on `status` and `config.triggers`; the triggers table is read at every step, so an
-edited trigger applies to the next batch. Python scripts run in a worker child process.
+edited trigger applies to the next batch. Python scripts run in a worker child process with
+no transaction open; chains of SQL triggers only share one transaction per batch.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from smsbus.loop import Connection, LoopSettings, prepare, run
 from smsbus.message import Message
 from smsbus.statuses import TriggerStatus, check_trigger_move
 from smsbus.triggers import Trigger, list_triggers, move_trigger_status
-from smsbus_triggers.chain import StatementTimeout, run_chain
+from smsbus_triggers.chain import ChainResult, StatementTimeout, run_chain
 from smsbus_triggers.conditions import evaluate_conditions
 from smsbus_triggers.runner import WorkerProcess
 from smsbus_triggers.trial import print_trial, try_trigger
@@ -45,6 +46,8 @@ MESSAGES_DONE = prometheus_client.Counter(
 
 # a step works through its batch for this long at most, then lets the loop look for SIGTERM
 STEP_BUDGET_S = 1.0
+# chains of SQL triggers share one transaction for this long at most: the rows stay locked
+SQL_BATCH_BUDGET_S = 0.25
 
 
 class TriggersSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -53,6 +56,9 @@ class TriggersSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # messages claimed at once (one query evaluates every condition for all of them)
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
 
+
+check_trigger_move(TriggerStatus.PENDING, TriggerStatus.NOT_APPLICABLE)
+check_trigger_move(TriggerStatus.PROCESSING, TriggerStatus.NOT_APPLICABLE)
 
 CLAIMABLE = f"trigger_status = 'N/A' AND {queue.IS_PERMANENT}"
 
@@ -74,13 +80,14 @@ WHERE trigger_status = 'PENDING' AND {queue.IS_PERMANENT} AND trigger_owner_pid 
 ORDER BY id LIMIT %(limit)s
 """
 
-# trigger_status PENDING -> N/A for claims whose process's backend is gone (it crashed or
-# lost its connection mid-batch): another process takes them.
+# trigger_status PENDING / PROCESSING -> N/A for claims whose process's backend is gone (it
+# crashed or lost its connection mid-batch, maybe while a script ran): another process takes
+# them, and runs their scripts again (at-least-once).
 RELEASE_ORPHANED_CLAIMS = f"""
 UPDATE messages SET trigger_status = 'N/A', trigger_owner_pid = NULL
 WHERE id IN (
     SELECT id FROM messages
-    WHERE trigger_status = 'PENDING' AND {queue.IS_PERMANENT}
+    WHERE trigger_status IN ('PENDING', 'PROCESSING') AND {queue.IS_PERMANENT}
       AND trigger_owner_pid <> ALL (ARRAY(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL))
     ORDER BY id
     FOR NO KEY UPDATE SKIP LOCKED)
@@ -123,13 +130,54 @@ class Triggers:
         self.finish_without_scripts(conn, claimed, matched, condition_errors, bool(triggers))
         conn.commit()
         by_id = {t.id: t for t in triggers}
+        chains = [(m, [by_id[i] for i in matched[m.id]]) for m in claimed if matched.get(m.id)]
         deadline = time.monotonic() + STEP_BUDGET_S
-        for message in claimed:
-            if matched.get(message.id):
-                self.process(conn, message, [by_id[i] for i in matched[message.id]])
+        sql_only = [(m, chain) for m, chain in chains if all(t.language == "sql" for t in chain)]
+        self.process_in_one_transaction(conn, sql_only, min(deadline, time.monotonic() + SQL_BATCH_BUDGET_S))
+        for message, chain in chains:
+            if all(t.language == "sql" for t in chain):
+                continue
+            self.publish(self.process(conn, message, chain))
+            if time.monotonic() > deadline:
+                break
+        return len(claimed)
+
+    def process_in_one_transaction(
+        self, conn: Connection, chains: list[tuple[Message, list[Trigger]]], deadline: float
+    ) -> None:
+        """Chains of SQL triggers only: one transaction for the lot (a savepoint each), so a
+        batch costs one commit, not one per message. Those left at the deadline stay ours."""
+        results = []
+        with conn.transaction():
+            for message, chain in chains:
+                results.append(self.process(conn, message, chain))
                 if time.monotonic() > deadline:
                     break
-        return len(claimed)
+        for result in results:
+            self.publish(result)
+
+    def process(self, conn: Connection, message: Message, triggers: list[Trigger]) -> ChainResult | None:
+        """PENDING -> PROCESSING in a short transaction, then its chain (run_chain keeps no
+        transaction open while a Python script runs). None when the claim was lost."""
+        if self.timeouts is None or self.timeouts.conn is not conn:
+            self.timeouts = StatementTimeout(conn)  # a new connection has the default again
+        try:
+            with conn.transaction():
+                row = conn.execute(START_PROCESSING, {"id": message.id}).fetchone()
+                if row is None:
+                    return None  # it entered another permanent status meanwhile: offered again later
+            return run_chain(conn, queue.to_message(row), triggers, self.worker, self.timeouts)
+        except BaseException:
+            self.timeouts = None  # a rolled-back transaction undid the setting
+            raise
+
+    def publish(self, result: ChainResult | None) -> None:
+        """Counts the outcome and publishes what the scripts asked for (after the commit)."""
+        if result is None:
+            return
+        MESSAGES_DONE.labels(result.trigger_status).inc()
+        for notification in result.notifications:
+            self.publisher.publish(notification.topic, notification.ids)
 
     def match(
         self, conn: Connection, messages: list[Message], triggers: list[Trigger]
@@ -190,23 +238,6 @@ class Triggers:
         )
         MESSAGES_DONE.labels(outcome).inc(len(finished))
         MESSAGES_DONE.labels(TriggerStatus.FAILED).inc(len(failed))
-
-    def process(self, conn: Connection, message: Message, triggers: list[Trigger]) -> None:
-        """The message's own transaction: PENDING -> PROCESSING, its chain, the outcome."""
-        if self.timeouts is None or self.timeouts.conn is not conn:
-            self.timeouts = StatementTimeout(conn)  # a new connection has the default again
-        try:
-            with conn.transaction():
-                row = conn.execute(START_PROCESSING, {"id": message.id}).fetchone()
-                if row is None:
-                    return  # it entered another permanent status meanwhile: offered again later
-                result = run_chain(conn, queue.to_message(row), triggers, self.worker, self.timeouts)
-        except BaseException:
-            self.timeouts = None  # rolled back with the transaction
-            raise
-        MESSAGES_DONE.labels(result.trigger_status).inc()
-        for notification in result.notifications:
-            self.publisher.publish(notification.topic, notification.ids)
 
     def close(self) -> None:
         self.worker.stop()

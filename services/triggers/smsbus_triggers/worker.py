@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from smsbus.bus import TOPIC_PATTERN
 from smsbus.message import Message, NewMessage
+from smsbus.privileges import forbid_new_privileges
 from smsbus.statuses import Status, check_move
 from smsbus_triggers.protocol import (
     ENCODER,
@@ -232,6 +233,8 @@ def main() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the service decides, not us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(int(sys.argv[1]))
+    # the scripts run with the service's rights at most: no setuid program raises them
+    forbid_new_privileges()
     requests_fd, results_fd = os.dup(0), os.dup(1)
     # scripts that print() must not corrupt the frames: fd 1 becomes stderr, fd 0 nothing
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)

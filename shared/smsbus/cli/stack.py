@@ -10,15 +10,18 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from smsbus import channels, config, db, queue
+from smsbus import access, channels, config, db, queue
 from smsbus.config import CONFIG_ENV, Settings, config_file
 from smsbus.embedded_pg import EmbeddedPostgres
 from smsbus.errors import NotRunning, SmsbusError
 from smsbus.migrate import migrate
+from smsbus.privileges import ensure_service_user, open_path_to, started_as_root
 from smsbus.supervisor import POSTGRES_PROGRAM, Supervisor, start
 
 EXIT_SOME_NOT_RUNNING = 1
@@ -40,14 +43,17 @@ def run_up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(settings)
     if supervisor.is_running():
         raise SmsbusError("smsbus is already running (see `smsbus status`, stop with `smsbus down`)")
+    opened = []
     if settings.uses_embedded_postgres:
-        EmbeddedPostgres(settings.data_path).ensure_initialized()
+        opened = EmbeddedPostgres(settings.data_path, settings.service_user).ensure_initialized()
+    _prepare_service_user(settings, opened)
     _export_for_services(settings)
 
     process = start(settings, nodaemon=not args.detach)
     try:
         supervisor.wait_running()
         _prepare_database(settings)
+        _create_first_admin(settings)
         _add_channel_programs(settings, supervisor)
         started = supervisor.start_stopped(exclude={POSTGRES_PROGRAM})
         print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
@@ -61,6 +67,21 @@ def run_up(args: argparse.Namespace) -> int:
         raise
 
 
+def _prepare_service_user(settings: Settings, opened: list[Path]) -> None:
+    """Started as root: the services' system user exists and can reach what it runs from
+    (the virtualenv, the Python it was made from, the config file); `opened`: folders already
+    made passable for it."""
+    if not started_as_root():
+        return
+    user = ensure_service_user(settings.service_user)
+    needed = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable))]
+    path = config_file()
+    if path is not None:
+        needed.append(path)
+    for folder in opened + [f for p in needed for f in open_path_to(user, p)]:
+        print(f"made {folder} passable (o+x, not listable) for the services' user {user.pw_name}")
+
+
 def _export_for_services(settings: Settings) -> None:
     """supervisord's children inherit our environment: give them the same configuration."""
     os.environ["SMSBUS_DATABASE_URL"] = settings.resolved_database_url()
@@ -71,11 +92,32 @@ def _export_for_services(settings: Settings) -> None:
 
 def _prepare_database(settings: Settings) -> None:
     if settings.uses_embedded_postgres:
-        embedded = EmbeddedPostgres(settings.data_path)
+        embedded = EmbeddedPostgres(settings.data_path, settings.service_user)
         embedded.wait_ready()
         embedded.ensure_database()
     for name in migrate(settings.resolved_database_url()):
         print(f"applied {name}")
+
+
+FIRST_ADMIN = "admin"
+FIRST_ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def _create_first_admin(settings: Settings) -> None:
+    """On the first start (no user at all): `admin` with a random one-time password, printed
+    once and kept in <data_dir>/admin-password (0600) for whoever missed the terminal."""
+    with db.connect(settings.resolved_database_url(), application="smsbus-cli") as conn:
+        if access.has_users(conn):
+            return
+        password = access.new_secret()
+        access.add_user(conn, FIRST_ADMIN, "admin", password)
+        path = settings.data_path / FIRST_ADMIN_PASSWORD_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(password + "\n")
+        conn.commit()
+    print(f"created user {FIRST_ADMIN} with one-time password {password}"
+          f" (also in {path}; change it with `smsbus users passwd {FIRST_ADMIN}`)")
 
 
 def _add_channel_programs(settings: Settings, supervisor: Supervisor) -> None:

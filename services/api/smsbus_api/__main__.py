@@ -1,0 +1,3 @@
+from smsbus_api.api import main
+
+main()

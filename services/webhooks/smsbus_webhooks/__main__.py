@@ -1,0 +1,3 @@
+from smsbus_webhooks.webhooks import main
+
+main()

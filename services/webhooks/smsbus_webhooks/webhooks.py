@@ -1,0 +1,189 @@
+"""The webhooks service (SPEC §10): delivers the delivery callbacks that the database wrote to
+`webhook_outbox` with each status change of a message naming a status_callback. At least
+once, in order per message, retried with backoff up to give_up_after_s; owns no status move.
+Woken by the `webhooks` topic (the outbox trigger's NOTIFY), by a retry falling due, and at
+the poll interval. Several copies may run: claims skip what another holds.
+
+The HTTP requests of a batch run in a thread pool of `concurrency` threads: http.client
+blocks, and a batch's receivers are independent of each other. The loop's thread alone
+touches the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+import prometheus_client
+
+from smsbus import bus
+from smsbus.backoff import Backoff
+from smsbus.config import OptionalPort, Seconds
+from smsbus.errors import ConfigError
+from smsbus.loop import Connection, LoopSettings, prepare, run
+from smsbus.redact import redact_url
+from smsbus_webhooks import outbox
+from smsbus_webhooks.delivery import Outcome, send
+from smsbus_webhooks.formats import Unsendable, build_request
+from smsbus_webhooks.outbox import Claimed
+
+SERVICE = "webhooks"
+
+log = logging.getLogger(SERVICE)
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+
+CALLBACKS = prometheus_client.Counter(
+    "smsbus_webhooks_callbacks_total",
+    "Callbacks by outcome: delivered (the receiver took it), retrying (it will be tried again), "
+    "failed (given up), skipped (the style does not report this status)",
+    ["outcome", "style"],
+)
+REQUEST_SECONDS = prometheus_client.Histogram(
+    "smsbus_webhooks_request_seconds", "Duration of one callback request, answered or not",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LATENCY_SECONDS = prometheus_client.Histogram(
+    "smsbus_webhooks_latency_seconds", "From the status change to the receiver taking its callback",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+OUTBOX_DEPTH = prometheus_client.Gauge(
+    "smsbus_webhooks_outbox_depth", "Callbacks in the outbox by state: waiting (to be delivered) or abandoned",
+    ["state"],
+)
+OLDEST_WAITING = prometheus_client.Gauge(
+    "smsbus_webhooks_oldest_waiting_age_seconds", "Age of the oldest status change whose callback is still waiting"
+)
+
+
+class WebhooksSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    # requests in flight at once
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    request_timeout_s: PositiveSeconds = 10.0
+    # a claim's hold on its callbacks; a process killed mid-request gives them up after this
+    lease_s: PositiveSeconds = 60.0
+    retry_initial_s: PositiveSeconds = 1.0
+    retry_max_s: PositiveSeconds = 600.0
+    give_up_after_s: PositiveSeconds = 86400.0
+    depth_interval_s: Seconds = 5.0
+    poll_interval_s: Seconds = 5.0
+    metrics_port: OptionalPort = 16734
+
+
+def check_settings(own: WebhooksSettings) -> None:
+    if own.lease_s <= own.request_timeout_s:
+        raise ConfigError("webhooks.lease_s", f"must be longer than request_timeout_s ({own.request_timeout_s:g})")
+    if own.retry_max_s < own.retry_initial_s:
+        raise ConfigError("webhooks.retry_max_s", f"must be at least retry_initial_s ({own.retry_initial_s:g})")
+
+
+class WebhooksService:
+    def __init__(self, own: WebhooksSettings) -> None:
+        self.own = own
+        self.backoff = Backoff(own.retry_initial_s, own.retry_max_s)
+        self.pool = ThreadPoolExecutor(max_workers=own.concurrency, thread_name_prefix="callback")
+        self.due_at: float | None = None
+        self.depth_at = 0.0
+
+    def step(self, conn: Connection) -> int:
+        self.refresh_depth(conn)
+        claimed = outbox.claim_due(conn, self.own.batch_size, self.own.lease_s)
+        if not claimed:
+            self.due_at = outbox.next_due(conn)
+            return 0
+        outcomes = list(self.pool.map(self.deliver, claimed))
+        self.record(conn, claimed, outcomes)
+        return len(claimed)
+
+    def next_wake(self) -> float | None:
+        return self.due_at
+
+    def deliver(self, claimed: Claimed) -> Outcome | None:
+        """None: nothing to send (the style does not report this status)."""
+        callback = claimed.callback
+        try:
+            request = build_request(callback, datetime.now(UTC))
+        except Unsendable as e:
+            return Outcome(False, permanent=True, error=str(e))
+        if request is None:
+            return None
+        started = time.monotonic()
+        outcome = send(request, self.own.request_timeout_s)
+        REQUEST_SECONDS.observe(time.monotonic() - started)
+        return outcome
+
+    def record(self, conn: Connection, claimed: list[Claimed], outcomes: list[Outcome | None]) -> None:
+        taken: list[int] = []
+        retries: list[tuple[int, float, str]] = []
+        given_up: list[tuple[int, str]] = []
+        now = datetime.now(UTC)
+        for item, outcome in zip(claimed, outcomes, strict=True):
+            callback = item.callback
+            style = callback.style
+            if outcome is None:
+                taken.append(callback.id)
+                CALLBACKS.labels("skipped", style).inc()
+                continue
+            if outcome.delivered:
+                taken.append(callback.id)
+                CALLBACKS.labels("delivered", style).inc()
+                LATENCY_SECONDS.observe(max(0.0, (now - callback.changed_at).total_seconds()))
+                continue
+            error = outcome.error or "failed"
+            delay = self.backoff.delay_after(item.attempts)
+            age_then = (now - item.created_at).total_seconds() + delay
+            if outcome.permanent or age_then > self.own.give_up_after_s:
+                given_up.append((callback.id, error))
+                CALLBACKS.labels("failed", style).inc()
+                log.warning(
+                    "callback given up event=%s message=%s status=%s url=%s attempts=%s error=%s",
+                    callback.id, callback.message_id, callback.status, redact_url(callback.url),
+                    item.attempts + 1, error,
+                )
+            else:
+                retries.append((callback.id, delay, error))
+                CALLBACKS.labels("retrying", style).inc()
+                log.info(
+                    "callback failed, retrying event=%s message=%s status=%s url=%s attempt=%s in_s=%.1f error=%s",
+                    callback.id, callback.message_id, callback.status, redact_url(callback.url),
+                    item.attempts + 1, delay, error,
+                )
+        outbox.record(conn, taken, retries, given_up)
+        log.debug("batch recorded taken=%s retrying=%s given_up=%s", len(taken), len(retries), len(given_up))
+
+    def refresh_depth(self, conn: Connection) -> None:
+        if not self.own.depth_interval_s or time.monotonic() < self.depth_at:
+            return
+        self.depth_at = time.monotonic() + self.own.depth_interval_s
+        current = outbox.depth(conn)
+        OUTBOX_DEPTH.labels("waiting").set(current.waiting)
+        OUTBOX_DEPTH.labels("abandoned").set(current.abandoned)
+        OLDEST_WAITING.set(current.oldest_s)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def main() -> None:
+    settings, own = prepare(SERVICE, WebhooksSettings)
+    try:
+        check_settings(own)
+    except ConfigError as e:
+        raise SystemExit(f"{SERVICE}: {e}") from None
+    service = WebhooksService(own)
+    try:
+        run(
+            settings=settings,
+            service=SERVICE,
+            loop=LoopSettings(poll_interval_s=own.poll_interval_s, metrics_port=own.metrics_port),
+            step=service.step,
+            wake_on=[bus.WEBHOOKS],
+            next_wake=service.next_wake,
+        )
+    finally:
+        service.close()
