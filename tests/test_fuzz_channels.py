@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests import test_gsm_channel as gsm
 from tests.peers.metrics import value
 from tests.peers.modem import EmulatedModem
 from tests.peers.processes import ServiceProcess, free_port, start_service
-from tests.peers.smsc import Smsc, start_smsc
+from tests.peers.smsc import Smsc
 from tests.test_smpp import add_channel, send, wait_for, wait_status
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -111,13 +110,6 @@ def expect_smpp(model: Reassembly, deliver: dict[str, Any]) -> bool:
         model.part((sender, concatenation.reference, concatenation.total), concatenation.number,
                    concatenation.total)
     return False
-
-
-@pytest.fixture
-def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
-    simulator = start_smsc(service_env, tmp_path)
-    yield simulator
-    simulator.stop()
 
 
 @pytest.mark.soak

@@ -20,7 +20,7 @@ from smsbus_channel_gsm import pdu
 from tests import test_gsm_channel as gsm
 from tests.peers.modem import EmulatedModem
 from tests.peers.processes import ServiceProcess, start_service
-from tests.peers.smsc import Smsc, start_smsc
+from tests.peers.smsc import Smsc
 from tests.test_smpp import add_channel, send, wait_for, wait_status
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -32,13 +32,6 @@ INSERT INTO incoming_parts (channel, from_address, reference, total, part_number
                             received_at)
 VALUES (%(channel)s, %(sender)s, %(reference)s, 2, 1, 0, %(payload)s, now() - interval '1 hour')
 """
-
-
-@pytest.fixture
-def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
-    simulator = start_smsc(service_env, tmp_path)
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture

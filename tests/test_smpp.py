@@ -19,7 +19,7 @@ import pytest
 from smsbus.encoding import Encoding, join_payloads, split_user_data
 from tests.peers.metrics import scrape
 from tests.peers.processes import ServiceProcess, free_port, start_service
-from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -31,13 +31,6 @@ INSERT_CHANNEL = """
 INSERT INTO channels (name, type, settings, report_timeout)
 VALUES (%(name)s, 'smpp', %(settings)s, make_interval(secs => %(report_timeout_s)s))
 """
-
-
-@pytest.fixture
-def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
-    simulator = start_smsc(service_env, tmp_path)
-    yield simulator
-    simulator.stop()
 
 
 def add_channel(conn: Conn, smsc: Smsc, name: str = "sim", report_timeout_s: float = 3600, **settings: Any) -> str:

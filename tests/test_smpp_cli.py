@@ -5,28 +5,20 @@ simulator, without touching any other program."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from smsbus.supervisor import Supervisor
 from tests.peers.cli import Result, program_states
 from tests.peers.metrics import value
 from tests.peers.processes import free_port
-from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc
 from tests.test_smpp import send, wait_for, wait_status
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-@pytest.fixture
-def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
-    simulator = start_smsc(service_env, tmp_path)
-    yield simulator
-    simulator.stop()
 
 
 def test_smpp_settings_are_validated_on_save_naming_the_field(

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.peers.processes import ServiceProcess, free_port, start_service
-from tests.peers.smsc import PASSWORD, Smsc, start_smsc
+from tests.peers.smsc import PASSWORD, Smsc
 from tests.test_smpp import add_channel as add_channel_with_password
 from tests.test_smpp import send, wait_for, wait_status
 
@@ -51,13 +51,6 @@ def certificates(tmp_path: Path) -> Path:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.pem", "-days", "2", "-extfile", "server.ext", directory=tmp_path)
     return tmp_path
-
-
-@pytest.fixture
-def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
-    simulator = start_smsc(service_env, tmp_path)
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture
