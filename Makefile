@@ -11,6 +11,7 @@ DISTRIBUTIONS += services/triggers
 DISTRIBUTIONS += services/channel-smpp
 DISTRIBUTIONS += services/api
 DISTRIBUTIONS += services/webhooks
+DISTRIBUTIONS += services/campaigns
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install browser run test soak bench lint clean
@@ -46,6 +47,10 @@ bench: install
 	$(BIN)/python bench/archiver.py
 	$(BIN)/python bench/smpp.py
 	$(BIN)/python bench/gsm.py
+	$(BIN)/python bench/api.py
+	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/campaigns.py
 
 lint: install
 	$(BIN)/ruff check shared services tests bench
@@ -53,7 +58,7 @@ lint: install
 		services/channel-gsm/smsbus_channel_gsm services/router/smsbus_router \
 		services/channel-smpp/smsbus_channel_smpp services/archiver/smsbus_archiver \
 		services/api/smsbus_api \
-		services/webhooks/smsbus_webhooks
+		services/webhooks/smsbus_webhooks services/campaigns/smsbus_campaigns
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -90,7 +90,7 @@ def archive_alone(url: str, archive_url: str | None, batch_size: int, batch_paus
     )
     archiver = Archiver(settings)
     try:
-        with db.connect(url, application="bench-archiver") as live:
+        with db.connect(url, application="bench-archiver", statement_timeout_s=settings.statement_timeout_s) as live:
             archiver.prepare(live)
             started = time.perf_counter()
             report = archiver.run_pass(live)

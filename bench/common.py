@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from smsbus.embedded_pg import EmbeddedPostgres  # noqa: E402
+from smsbus.embedded_pg import SUPERUSER, EmbeddedPostgres  # noqa: E402
 from smsbus.migrate import migrate  # noqa: E402
 from tests.peers.processes import (  # noqa: E402, F401  (re-exported for the benchmarks)
     ServiceProcess,
@@ -56,8 +56,10 @@ def throwaway_database(server_settings: Mapping[str, str] | None = None) -> Iter
     process = embedded.start({"max_connections": "200", **(server_settings or {})})
     try:
         embedded.ensure_database()
-        migrate(embedded.url())
-        yield embedded.url()
+        # the superuser, as in the tests: some benchmarks create databases of their own
+        url = embedded.url(role=SUPERUSER)
+        migrate(url)
+        yield url
     finally:
         process.terminate()
         process.wait(60)

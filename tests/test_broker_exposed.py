@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import socket
+import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+import psycopg
 import pytest
 import zmq
 
-from smsbus.bus import MAX_FRAME_BYTES, Listener, notify_status_update
+from smsbus.bus import MAX_FRAME_BYTES, Listener, Publisher, Subscriber, notify_status_update
+from smsbus.bus_keys import make_keys
+from tests.peers.cli import Result
+from tests.peers.metrics import value
 from tests.peers.processes import BIN_DIR, PROJECT_ROOT, ServiceProcess, environment_bus
-from tests.test_broker import receive_line
+from tests.test_broker import receive, receive_line, wait_until_subscribed
 
 FLOOD = 10_000
 
@@ -97,6 +105,13 @@ def test_a_published_topic_cannot_write_lines_of_its_own(service_env: dict[str, 
             # the injected topic is refused; the honest one after it arrives as it was sent
             assert receive_line(listener, "nonstatus").ids == (7,)
             broker.wait_for_log("malformed notification source=zeromq")
+            # the same through PostgreSQL, where any role may NOTIFY
+            with psycopg.connect(service_env["SMSBUS_DATABASE_URL"], autocommit=True) as conn:
+                conn.execute("SELECT pg_notify('smsbus', 'status' || chr(10) || 'config.channels')")
+                conn.execute("SELECT pg_notify('smsbus', 'config.rules')")
+            assert receive_line(listener, "config.rules").ids == ()
+            port = int(service_env["SMSBUS_BROKER_METRICS_PORT"])
+            assert value(port, "smsbus_broker_malformed_total", source="postgres") == 1
             # a message above the size limit disconnects its sender, the broker lives on
             publisher.send_multipart([b"status", b"1," * (MAX_FRAME_BYTES // 2 + 1)])
             notify_status_update([5], bus)
@@ -105,3 +120,46 @@ def test_a_published_topic_cannot_write_lines_of_its_own(service_env: dict[str, 
         publisher.close()
         code, _ = broker.stop()
     assert code == 0, broker.log()[-2000:]
+
+
+def test_with_curve_keys_only_allowed_hosts_publish_and_subscribe(service_env: dict[str, str], tmp_path: Path) -> None:
+    keys, stranger_keys = tmp_path / "curve", tmp_path / "stranger"
+    make_keys(keys, broker=True, owner=None)
+    # a host that knows the broker's public key but is not on its allow list
+    make_keys(stranger_keys, broker=False, owner=None)
+    shutil.copyfile(keys / "broker.key", stranger_keys / "broker.key")
+    env = dict(service_env, SMSBUS_BUS_CURVE_DIR=str(keys))
+    broker = start_broker(env, tmp_path / "broker.log")
+    bus = msgspec.structs.replace(environment_bus(env), curve_dir=str(keys))
+    allowed = Subscriber(bus, ["status", "nonstatus"])
+    stranger = Subscriber(msgspec.structs.replace(bus, curve_dir=str(stranger_keys)), ["status", "nonstatus"])
+    plain = Subscriber(msgspec.structs.replace(bus, curve_dir=""), ["status", "nonstatus"])
+    publishers = [Publisher(bus), Publisher(msgspec.structs.replace(bus, curve_dir=str(stranger_keys)))]
+    try:
+        wait_until_subscribed(bus, allowed)
+        publishers[1].publish("nonstatus", [666])
+        publishers[0].publish("nonstatus", [7])
+        assert receive(allowed, "nonstatus").ids == (7,)  # the stranger's came first: it never arrived
+        notify_status_update([8], bus)
+        assert receive(allowed, "status").ids == (8,)
+        assert stranger.receive(0.5) is None and plain.receive(0.1) is None
+        assert stranger.drain_connections() == 0 and plain.drain_connections() == 0
+    finally:
+        for sock in (allowed, stranger, plain, *publishers):
+            sock.close()
+        code, _ = broker.stop()
+    assert code == 0, broker.log()[-2000:]
+
+
+def test_bus_keys_makes_only_what_is_missing_with_private_secrets(
+    smsbus: Callable[..., Result], tmp_path: Path
+) -> None:
+    folder = tmp_path / "curve"
+    made = smsbus("bus", "keys", str(folder), "--broker")
+    assert made.returncode == 0, made.stderr
+    assert {p.name for p in folder.iterdir()} == {"broker.key", "broker.key_secret", "client.key",
+                                                  "client.key_secret", "clients"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.glob("*.key_secret"))
+    assert [p.read_bytes() for p in (folder / "clients").iterdir()] == [(folder / "client.key").read_bytes()]
+    again = smsbus("bus", "keys", str(folder), "--broker")
+    assert again.returncode == 0 and "every key there already" in again.stdout

@@ -44,6 +44,9 @@ SERVICE_MODULES = (
     "smsbus_channel_smpp.channel_smpp",
     "smsbus_channel_gsm.channel_gsm",
     "smsbus_webhooks.webhooks",
+    "smsbus_api.messages",
+    "smsbus_api.events",
+    "smsbus_campaigns.campaigns",
 )
 # labels Prometheus adds to every series, and a histogram's bucket bound
 SCRAPE_LABELS = {"job", "instance", "le"}
@@ -104,7 +107,9 @@ def test_every_dashboard_expression_names_existing_metrics_and_labels() -> None:
 
 def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
     from smsbus.archive import ArchiverSettings
+    from smsbus_api.api import ApiSettings
     from smsbus_broker.broker import BrokerSettings
+    from smsbus_campaigns.campaigns import CampaignsSettings
     from smsbus_router.router import RouterSettings
     from smsbus_triggers.triggers import TriggersSettings
     from smsbus_webhooks.webhooks import WebhooksSettings
@@ -119,6 +124,9 @@ def test_prometheus_scrapes_every_service_on_its_default_metrics_port() -> None:
         "triggers": TriggersSettings().metrics_port,
         "archiver": ArchiverSettings().metrics_port,
         "webhooks": WebhooksSettings().metrics_port,
+        # the api serves /metrics on its own HTTP port
+        "api": ApiSettings().port,
+        "campaigns": CampaignsSettings().metrics_port,
     }
     assert scraped == {job: str(port) for job, port in defaults.items()}
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from smsbus.supervisor import Supervisor
-from tests.peers.cli import Result, program_states
+from tests.peers.cli import Result, program_states, secret_file
 from tests.peers.modem import EmulatedModem
 from tests.test_gsm_channel import queue_message, status_of, wait_until
 
@@ -19,11 +19,12 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 def test_add_validates_settings_naming_the_field_and_saves_nothing_bad(
-    smsbus: Callable[..., Result], conn: Conn
+    smsbus: Callable[..., Result], conn: Conn, tmp_path: Path
 ) -> None:
     bad_rate = smsbus("channels", "add", "gsm", "modem1", "--device", "/dev/ttyUSB0", "--baud-rate", "1234")
     assert bad_rate.returncode == 1 and "baud_rate 1234" in bad_rate.stderr
-    bad_pin = smsbus("channels", "add", "gsm", "modem1", "--device", "/dev/ttyUSB0", "--pin", "12ab")
+    pin = secret_file(tmp_path, "12ab")
+    bad_pin = smsbus("channels", "add", "gsm", "modem1", "--device", "/dev/ttyUSB0", "--pin-file", pin)
     assert bad_pin.returncode == 1 and "pin" in bad_pin.stderr
     unknown = smsbus("channels", "add", "gsm", "modem1", "--device", "/dev/ttyUSB0", "--set", "colour=red")
     assert unknown.returncode == 1 and "colour" in unknown.stderr
@@ -35,7 +36,7 @@ def test_add_validates_settings_naming_the_field_and_saves_nothing_bad(
 
 
 def test_add_list_show_set_disable_enable_remove(
-    smsbus: Callable[..., Result], cli_env: dict[str, str], conn: Conn
+    smsbus: Callable[..., Result], cli_env: dict[str, str], conn: Conn, tmp_path: Path
 ) -> None:
     added = smsbus(
         "channels",
@@ -44,8 +45,8 @@ def test_add_list_show_set_disable_enable_remove(
         "modem1",
         "--device",
         "/dev/ttyUSB0",
-        "--pin",
-        "1234",
+        "--pin-file",
+        secret_file(tmp_path, "1234"),
         "--smsc",
         "+31653131313",
         "--report-timeout",

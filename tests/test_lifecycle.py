@@ -3,6 +3,7 @@ against the SMSC simulator, triggers. What one service does must not hold up ano
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,31 @@ def test_a_python_trigger_sleeping_10_s_on_one_message_delays_no_receipt(
     finally:
         if channel is not None:
             assert channel.stop()[0] == 0
+        smsc.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_smpp_channel_does_not_claim_in_a_loop(
+    conn: Conn, service_env: dict[str, str], tmp_path: Path, broker: ServiceProcess
+) -> None:
+    """Its database thread's empty claim is no reason for another claim."""
+    smsc = start_smsc(service_env, tmp_path)
+    add_channel(conn, smsc)
+    channel = start_service(["smsbus-channel-smpp", "--channel", "sim"], service_env, tmp_path / "channel.log")
+    try:
+        smsc.wait_bound()
+        time.sleep(0.5)
+        before = cpu_seconds(channel.process.pid)
+        time.sleep(3)
+        assert cpu_seconds(channel.process.pid) - before < 0.3
+        # and it still wakes for work
+        wait_status(conn, send(conn, "after a quiet while"), "DELIVERED")
+    finally:
+        assert channel.stop()[0] == 0
         smsc.stop()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -526,3 +527,19 @@ def test_a_script_can_send_a_failed_message_again_through_another_channel_and_th
         "QUEUED", "backup", None, {"retried": True}
     )
     assert again["trigger_status"] == "PROCESSED"
+
+
+READ_OWN_STATUS = """
+def handle(message, api):
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    api.change(properties={"no_new_privs": status["NoNewPrivs"].strip(), "uid": status["Uid"].split()[0]})
+"""
+
+
+def test_scripts_run_with_the_services_rights_at_most(service: Triggers, conn: Conn, worker_conn: Conn) -> None:
+    """no_new_privs: no setuid program a script starts raises them (SPEC §13)."""
+    add(conn, "status", READ_OWN_STATUS)
+    message_id = incoming(conn)
+    assert run_until_idle(service, worker_conn) == 1
+    properties = row(conn, message_id)["properties"]
+    assert properties == {"no_new_privs": "1", "uid": str(os.getuid())}

@@ -9,20 +9,25 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
+from smsbus import access
 from smsbus_webhooks.formats import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from smsbus_webhooks.webhooks import WebhooksService, WebhooksSettings
 from tests.conftest import StartServices
+from tests.peers.api import Api
 from tests.peers.callback_server import CallbackServer
 from tests.peers.processes import ServiceProcess, start_service
 from tests.peers.smsc import start_smsc
-from tests.test_smpp import add_channel
+from tests.test_smpp import add_channel, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -41,6 +46,9 @@ VALUES ('out', '+31612345678', 'hello', %(url)s, %(key)s, %(properties)s, %(chan
 """
 MOVE = "UPDATE messages SET status = %(status)s WHERE id = %(id)s"
 OUTBOX = "SELECT * FROM webhook_outbox ORDER BY id"
+ROUTE_EVERYTHING_TO_SIM = """
+INSERT INTO routing_rules (position, name, condition, channels) VALUES (1, 'all', 'true', '{sim}')
+"""
 
 
 @pytest.fixture
@@ -67,17 +75,6 @@ def add_message(conn: Conn, url: str, key: int | None = None, channel: str | Non
 def move(conn: Conn, message_id: int, *statuses: str) -> None:
     for status in statuses:
         conn.execute(MOVE, {"id": message_id, "status": status})
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s (last: {result!r})")
-        time.sleep(0.05)
 
 
 def verified(request: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
@@ -126,6 +123,23 @@ def test_outbox_gets_one_row_per_status_change_of_a_message_with_a_callback_in_i
         (watched, "QUEUED", "SENDING", key)]
     assert rows[0]["url"] == "http://127.0.0.1:9/cb" and rows[0]["message"]["status"] == "SENDING"
     assert "webhooks" in [n.payload for n in conn.notifies(timeout=0.5, stop_after=3)]
+
+
+def test_outbox_gauges_count_waiting_and_abandoned_and_old_abandoned_callbacks_are_forgotten(conn: Conn) -> None:
+    key = add_key(conn)
+    waiting, old, recent = (add_message(conn, "http://127.0.0.1:9/cb", key) for _ in range(3))
+    for message_id in (waiting, old, recent):
+        move(conn, message_id, "SENDING")
+    given_up = ("UPDATE webhook_outbox SET abandoned_at = now() - make_interval(days => %(days)s)"
+                " WHERE message_id = %(m)s")
+    conn.execute(given_up, {"m": old, "days": 31})
+    conn.execute(given_up, {"m": recent, "days": 29})
+
+    WebhooksService(WebhooksSettings()).refresh_depth(conn)
+    remaining = {r["message_id"]: r["abandoned_at"] is not None for r in conn.execute(OUTBOX).fetchall()}
+    assert remaining == {waiting: False, recent: True}
+    for state in ("waiting", "abandoned"):
+        assert REGISTRY.get_sample_value("smsbus_webhooks_outbox_depth", {"state": state}) == 1
 
 
 def test_every_status_change_is_posted_signed_in_order_and_leaves_the_outbox(
@@ -216,8 +230,10 @@ def test_kill_9_mid_delivery_loses_nothing_and_keeps_each_messages_order(
     messages = [add_message(conn, receiver.url + "/cb", key) for _ in range(4)]
     for message_id in messages:
         move(conn, message_id, *LIFE)
-    # the first requests are in flight (the receiver holds them): kill the service there
-    time.sleep(0.3)
+    # the first requests are in flight (claimed, leased, the receiver holding them): kill there
+    wait_for(lambda: conn.execute("SELECT 1 FROM webhook_outbox WHERE attempts = 0 AND next_attempt_at > now()")
+             .fetchone(), what="callbacks claimed")
+    time.sleep(0.2)
     first.kill()
     receiver.control(delay_s=0)
     second = start_service(["smsbus-webhooks"], env, tmp_path / "webhooks-restarted.log")
@@ -260,27 +276,47 @@ def test_kannel_and_jasmin_styles_are_called_back_as_those_gateways_do(
     assert all(r["method"] == "POST" for r in taken)
 
 
-def test_a_message_through_router_channel_and_simulator_calls_back_sent_and_delivered_signed(
+def test_messages_sent_over_http_are_called_back_through_router_channel_and_simulator(
     conn: Conn, receiver: CallbackServer, broker: ServiceProcess, start_services: StartServices,
-    service_env: dict[str, str], tmp_path: Path,
+    api: Api, service_env: dict[str, str], tmp_path: Path,
 ) -> None:
+    """SPEC §10 end to end: the api takes a message in its own, Kannel's and Jasmin's form;
+    the router, the SMPP channel and the simulator deliver it; its callbacks arrive as asked."""
     smsc = start_smsc(service_env, tmp_path)
     channel: ServiceProcess | None = None
     try:
         add_channel(conn, smsc)
+        conn.execute(ROUTE_EVERYTHING_TO_SIM)
         channel = start_service(["smsbus-channel-smpp", "--channel", "sim"], service_env, tmp_path / "channel.log")
         smsc.wait_bound()
         start_services("router")
         start_services("webhooks", poll_interval_s="0")
-        key = add_key(conn)
-        message_id = add_message(conn, receiver.url + "/e2e", key, channel="sim")
+        receiver.control(reply="ACK/Jasmin")
+        key = access.create_api_key(conn, "shop", ["send"])
+        name, secret = key.key.split(".", 1)
+        with httpx.Client(base_url=api.url, timeout=10) as client:
+            posted = client.post("/v1/messages", headers={"Authorization": f"Bearer {key.key}"}, json={
+                "to_address": "+31612345678", "body": "hi", "status_callback": receiver.url + "/v1"})
+            kannel = client.get("/cgi-bin/sendsms", params={
+                "username": name, "password": secret, "to": "+31612345679", "text": "hi", "dlr-mask": "9",
+                "dlr-url": receiver.url + "/kannel?type=%d&id=%I"})
+            jasmin = client.post("/send", data={
+                "username": name, "password": secret, "to": "+31612345670", "content": "hi", "dlr": "yes",
+                "dlr-url": receiver.url + "/jasmin", "dlr-level": "3"})
+        assert posted.status_code == 201, posted.text
+        assert (kannel.status_code, jasmin.status_code) == (202, 200), (kannel.text, jasmin.text)
 
-        wait_for(lambda: "DELIVERED" in [json.loads(r["body"])["status"] for r in receiver.requests()],
-                 what="DELIVERED called back")
-        payloads = [verified(r) for r in receiver.requests()]
+        def by_path(path: str) -> list[dict[str, Any]]:
+            return [r for r in receiver.requests() if r["path"] == path]
+
+        wait_for(lambda: len(by_path("/v1")) == 3 and len(by_path("/kannel")) == 2 and len(by_path("/jasmin")) == 2,
+                 what="every callback")
+        payloads = [verified(r, key.callback_secret) for r in by_path("/v1")]
         assert [p["status"] for p in payloads] == ["SENDING", "SENT", "DELIVERED"]
-        assert all(p["message_id"] == message_id and p["channel"] == "sim" for p in payloads)
-        assert payloads[2]["provider_id"] and payloads[2]["report_at"]
+        assert all(p["channel"] == "sim" for p in payloads) and payloads[2]["provider_id"]
+        assert [r["query"]["type"] for r in by_path("/kannel")] == [["8"], ["1"]]
+        assert [parse_qs(r["body"])["message_status"] for r in by_path("/jasmin")] == [["ESME_ROK"], ["DELIVRD"]]
+        wait_for(lambda: outbox_empty(conn), what="outbox empty")
     finally:
         if channel is not None:
             channel.stop()

@@ -12,8 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from smsbus.errors import ConfigError
 from smsbus.redact import redact_text, redact_url
-from smsbus_webhooks.delivery import send
+from smsbus_webhooks.delivery import parse_networks, send
 from smsbus_webhooks.formats import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -23,6 +24,7 @@ from smsbus_webhooks.formats import (
     build_request,
     expand_kannel_escapes,
 )
+from smsbus_webhooks.webhooks import WebhooksSettings, check_settings
 
 CHANGED_AT = datetime(2026, 12, 5, 23, 59, 1, tzinfo=UTC)
 NOW = datetime(2026, 12, 6, 0, 0, 0, tzinfo=UTC)
@@ -139,6 +141,11 @@ def test_jasmin_get_puts_the_fields_in_the_query_and_a_failed_submit_names_its_e
     }
 
 
+def test_kannel_coding_escape_gives_the_number_kannel_was_sent() -> None:
+    request = build_request(callback(url="http://a/?c=%c", callback_style="kannel", dlr_mask=1, coding="ucs2"), NOW)
+    assert request is not None and request.url == "http://a/?c=2"
+
+
 def test_expanding_escapes_leaves_a_url_without_any_untouched() -> None:
     assert expand_kannel_escapes("http://a/b?c=d", {"d": "1"}) == "http://a/b?c=d"
 
@@ -177,3 +184,19 @@ def test_a_url_nothing_can_reach_fails_permanently_in_words_without_the_url(url:
     outcome = send(Request("POST", url), timeout_s=1)
     assert not outcome.delivered and outcome.permanent
     assert outcome.error is not None and words in outcome.error and url not in outcome.error
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/",
+                                 "http://0.0.0.0:9/"])
+def test_a_denied_network_is_never_connected_to_and_given_up(url: str) -> None:
+    denied = parse_networks("webhooks.denied_networks", WebhooksSettings().denied_networks)
+    outcome = send(Request("GET", url), timeout_s=1, denied=denied)
+    assert not outcome.delivered and outcome.permanent
+    assert outcome.error == "the host has only addresses that [webhooks] denied_networks refuses"
+
+
+def test_settings_refuse_a_bad_network_and_a_lease_no_longer_than_the_timeout() -> None:
+    with pytest.raises(ConfigError, match=r"webhooks\.denied_networks: not a network"):
+        check_settings(WebhooksSettings(denied_networks=("10.0.0.0/33",)))
+    with pytest.raises(ConfigError, match=r"webhooks\.lease_s: must be longer than request_timeout_s"):
+        check_settings(WebhooksSettings(lease_s=5, request_timeout_s=10))

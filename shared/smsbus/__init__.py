@@ -4,6 +4,7 @@
     smsbus.send("+31612345678", "hi")              # queue a message
     smsbus.find(status="FAILED", limit=10)          # browse the queue
     smsbus.notify_status_update([17, 18])           # wake the services after your own SQL
+    smsbus.campaign("promo", start=True)             # start a stored campaign
     for n in smsbus.Listener(): print(n.topic, n.ids)   # be woken yourself
 """
 
@@ -16,7 +17,7 @@ from smsbus.errors import (
     MessageNotFound,
     SmsbusError,
 )
-from smsbus.local_api import find, get, send
+from smsbus.local_api import campaign, find, get, send
 from smsbus.message import Message
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MessageNotFound",
     "Notification",
     "SmsbusError",
+    "campaign",
     "find",
     "get",
     "notify_non_status_update",

@@ -21,6 +21,7 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from smsbus.bus_keys import secure_client
 from smsbus.config import BusSettings, load
 from smsbus.errors import MalformedNotification
 
@@ -30,6 +31,8 @@ CONFIG = "config"
 OUTGOING = "outgoing"
 # the webhook outbox has callbacks to deliver (its trigger's NOTIFY)
 WEBHOOKS = "webhooks"
+# a campaign was made, or changed state or pacing (wakes the campaigns service)
+CAMPAIGNS = "campaigns"
 # what an outside program may announce through UDP or a TCP line
 ANNOUNCEABLE = frozenset({STATUS, NONSTATUS})
 
@@ -212,6 +215,7 @@ class Publisher:
     def __init__(self, bus: BusSettings, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         _tune(self._socket)
+        secure_client(self._socket, bus.curve_dir)
         self._socket.connect(f"tcp://{bus.host}:{bus.publish_port}")
 
     def publish(self, topic: str, ids: Iterable[int] = ()) -> None:
@@ -236,6 +240,7 @@ class Subscriber:
     ) -> None:
         self.socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         _tune(self.socket)
+        secure_client(self.socket, bus.curve_dir)
         for topic in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         # tells when a (re)connection to the broker completes: whatever was announced while

@@ -18,13 +18,16 @@ from psycopg.types.json import Jsonb
 
 from smsbus import config
 from smsbus.channel_settings import GsmSettings, validate_settings
+from smsbus.config import Settings
 from smsbus.db import translate_refusal
 from smsbus.errors import SmsbusError
 from smsbus.secret_files import SECRET_FIELDS, SECRETS_FOLDER, keep_secrets_apart
-from smsbus.supervisor import ChannelProgram
+from smsbus.supervisor import ChannelProgram, Supervisor
 
 # supervisord's wait after SIGTERM for a channel type with nothing longer to finish
 DEFAULT_STOP_WAIT_S = 10
+# settings never shown back (CLI `show`, the api): SMPP passwords, SIM PINs
+SECRET_SETTINGS = frozenset({"pin", "password"})
 
 INSERT_CHANNEL = """
 INSERT INTO channels (name, type, enabled, settings, report_timeout, max_rate, daily_limit)
@@ -37,6 +40,12 @@ SELECT_ENABLED = "SELECT name, type, settings FROM channels WHERE enabled ORDER 
 SET_ENABLED = "UPDATE channels SET enabled = %(enabled)s WHERE name = %(name)s RETURNING *"
 SET_SETTINGS = "UPDATE channels SET settings = %(settings)s WHERE name = %(name)s RETURNING *"
 DELETE_CHANNEL = "DELETE FROM channels WHERE name = %(name)s RETURNING *"
+UPDATE_CHANNEL = """
+UPDATE channels SET settings = %(settings)s, enabled = %(enabled)s, report_timeout = %(report_timeout)s,
+                    max_rate = %(max_rate)s, daily_limit = %(daily_limit)s
+WHERE name = %(name)s
+RETURNING *
+"""
 
 
 class ChannelNotFound(SmsbusError):
@@ -115,6 +124,31 @@ def _inline_of(file_setting: str) -> str:
     return next(inline for inline, file in SECRET_FIELDS.items() if file == file_setting)
 
 
+def replace_channel(
+    conn: psycopg.Connection[Any],
+    name: str,
+    settings: dict[str, Any],
+    *,
+    enabled: bool,
+    report_timeout: timedelta | None = None,
+    max_rate: float | None = None,
+    daily_limit: int | None = None,
+) -> dict[str, Any]:
+    """Every editable column at once (the Manager's edit form), validated as `add_channel` does."""
+    with conn.transaction():
+        channel = get_channel(conn, name)
+        validate_settings(channel["type"], settings)
+        kept = keep_secrets_apart(settings, name, default_secrets_folder())
+        params = {
+            "name": name, "settings": Jsonb(kept), "enabled": enabled,
+            "report_timeout": report_timeout or timedelta(hours=48), "max_rate": max_rate, "daily_limit": daily_limit,
+        }
+        try:
+            return _one(conn, UPDATE_CHANNEL, params, name)
+        except psycopg.errors.IntegrityError as e:
+            raise translate_refusal(e) from None
+
+
 def remove_channel(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
     with conn.transaction():
         return _one(conn, DELETE_CHANNEL, {"name": name}, name)
@@ -147,3 +181,19 @@ def _one(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], name
     if row is None:
         raise ChannelNotFound(name)
     return dict(row)
+
+
+def follow_in_supervisor(settings: Settings, conn: psycopg.Connection[Any]) -> dict[str, list[str]] | None:
+    """Make the channel programs follow the table now (programs started, restarted, stopped);
+    None when smsbus is not running under supervisord: they follow at `smsbus up`."""
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return None
+    try:
+        return supervisor.sync_channels(settings, enabled_programs(conn))
+    except OSError as e:
+        raise SmsbusError(f"supervisord did not take the change: {e}") from None
+
+
+def masked_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: "***" if k in SECRET_SETTINGS else v for k, v in settings.items()}

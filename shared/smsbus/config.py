@@ -37,6 +37,12 @@ class BusSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notify_port: Port = 16725  # UDP in, TCP listeners out
     publish_port: Port = 16726  # ZeroMQ XSUB: services publish here
     subscribe_port: Port = 16727  # ZeroMQ XPUB: services subscribe here
+    # an absolute folder of CURVE keys (smsbus.bus_keys); empty: the ZeroMQ ports are plain
+    curve_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.curve_dir and not os.path.isabs(self.curve_dir):
+            raise ValueError("curve_dir must be an absolute path")
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -26,6 +26,11 @@ WORKER_SESSION_OPTIONS = (
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 
 
+def session_options(statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S) -> str:
+    """libpq `options` for a service's session (pools too); statement_timeout_s 0: no limit."""
+    return f"{WORKER_SESSION_OPTIONS} -c statement_timeout={round(statement_timeout_s * 1000)}"
+
+
 def connect(
     url: str,
     *,
@@ -40,7 +45,7 @@ def connect(
         autocommit=autocommit,
         row_factory=dict_row,
         application_name=application,
-        options=f"{WORKER_SESSION_OPTIONS} -c statement_timeout={round(statement_timeout_s * 1000)}",
+        options=session_options(statement_timeout_s),
         connect_timeout=timeout_s,
     )
 

@@ -12,6 +12,9 @@ services' system user (PostgreSQL refuses root), see smsbus.privileges.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib.util
 import os
 import pwd
@@ -45,8 +48,49 @@ SET_ROLE_PASSWORD = sql.SQL(
     "ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
     " PASSWORD {hashed}"
 )
-DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %(database)s"
+DATABASE_OWNER = "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = %(database)s"
 CREATE_DATABASE = sql.SQL("CREATE DATABASE {database} OWNER {role}")
+GIVE_DATABASE = sql.SQL("ALTER DATABASE {database} OWNER TO {role}")
+# A database made before the application role (by the superuser, under trust): everything
+# the superuser owns outside the system schemas goes to the role. REASSIGN OWNED cannot be
+# used: the bootstrap superuser's system objects are not to be moved. Sequences and indexes
+# of a table follow it; the public schema follows the database (pg_database_owner).
+GIVE_OBJECTS = """
+DO $$
+DECLARE
+    item record;
+BEGIN
+    FOR item IN
+        SELECT format('ALTER SCHEMA %I OWNER TO smsbus', nspname) AS command
+        FROM pg_namespace
+        WHERE nspowner = 'postgres'::regrole AND nspname !~ '^(pg_|information_schema$|public$)'
+        UNION ALL
+        SELECT format('ALTER %s %I.%I OWNER TO smsbus',
+                      CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                     WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
+                      n.nspname, c.relname)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relowner = 'postgres'::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+          AND n.nspname !~ '^(pg_|information_schema$)'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.objid = c.oid AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+        UNION ALL
+        SELECT format('ALTER ROUTINE %s OWNER TO smsbus', p.oid::regprocedure)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE p.proowner = 'postgres'::regrole AND n.nspname !~ '^(pg_|information_schema$)'
+    LOOP
+        EXECUTE item.command;
+    END LOOP;
+END
+$$
+"""
+# pg_hba.conf of a data directory made before passwords (initdb --auth=trust)
+PASSWORD_HBA = """\
+# smsbus: every connection gives its password (scram-sha-256); see smsbus.embedded_pg
+local   all   all                  scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
 
 
 def binaries_path() -> Path:
@@ -102,14 +146,12 @@ class EmbeddedPostgres:
         if owner is not None and self.pgdata.stat().st_uid != owner.pw_uid:
             _chown_tree(self.pgdata, owner)  # a data directory of another system user before
         initialized = (self.pgdata / "PG_VERSION").exists()
-        if initialized and not self.passfile.exists():
-            raise SmsbusError(
-                f"{self.pgdata} was made by an smsbus without database passwords: dump it"
-                f" (pg_dump) with the old version, move {self.data_path} away, start again, restore"
-            )
+        made_before_passwords = initialized and not self.passfile.exists()
         self._ensure_passfile(owner)
         if not initialized:
             self._initdb(owner)
+        elif made_before_passwords:
+            self._require_passwords()
         return opened
 
     def _ensure_passfile(self, owner: pwd.struct_passwd | None) -> None:
@@ -161,6 +203,28 @@ class EmbeddedPostgres:
         entry = pwd.getpwnam(self.run_as)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": os.getgrouplist(self.run_as, entry.pw_gid)}
 
+    def _require_passwords(self) -> None:
+        """A data directory of an smsbus from before passwords (trust for everyone): the
+        superuser gets its password through single-user mode (the server is down, nothing
+        listens), then pg_hba.conf asks everyone for theirs. ensure_database then hands the
+        database over to the application role."""
+        # base64 and $:, never a quote: safe inside the literal (single-user mode has no
+        # parameters)
+        hashed = _scram_verifier(self.password(SUPERUSER))
+        single = subprocess.run(
+            [str(binaries_path() / "postgres"), "--single", "-D", str(self.pgdata), "postgres"],
+            input=f"ALTER ROLE {SUPERUSER} PASSWORD '{hashed}';\n",
+            capture_output=True,
+            text=True,
+            check=False,
+            **self._as_server_user(),
+        )
+        if single.returncode != 0:
+            raise SmsbusError(f"cannot set the superuser's password: {single.stderr.strip()}")
+        hba = self.pgdata / "pg_hba.conf"
+        hba.with_name("pg_hba.conf.trust").write_text(hba.read_text())  # kept for the record
+        hba.write_text(PASSWORD_HBA)
+
     def server_argv(self, settings: Mapping[str, str] | None = None) -> list[str]:
         """The postgres command line, for supervisord or for a test session's Popen."""
         argv = [
@@ -204,12 +268,27 @@ class EmbeddedPostgres:
         with psycopg.connect(self.url("postgres", SUPERUSER), autocommit=True) as conn:
             if not conn.execute(ROLE_EXISTS, {"role": APPLICATION_ROLE}).fetchone():
                 conn.execute(CREATE_ROLE.format(role=role))
-            hashed = conn.pgconn.encrypt_password(
-                self.password(APPLICATION_ROLE).encode(), APPLICATION_ROLE.encode(), b"scram-sha-256"
-            )
-            conn.execute(SET_ROLE_PASSWORD.format(role=role, hashed=sql.Literal(hashed.decode())))
-            if not conn.execute(DATABASE_EXISTS, {"database": database}).fetchone():
+            hashed = _scram_verifier(self.password(APPLICATION_ROLE))
+            conn.execute(SET_ROLE_PASSWORD.format(role=role, hashed=sql.Literal(hashed)))
+            found = conn.execute(DATABASE_OWNER, {"database": database}).fetchone()
+            if found is None:
                 conn.execute(CREATE_DATABASE.format(database=sql.Identifier(database), role=role))
+            elif found[0] != APPLICATION_ROLE:
+                conn.execute(GIVE_DATABASE.format(database=sql.Identifier(database), role=role))
+                with psycopg.connect(self.url(database, SUPERUSER), autocommit=True) as owned:
+                    owned.execute(GIVE_OBJECTS)
+
+
+def _scram_verifier(password: str, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a scram-sha-256 password (RFC 5802/7677), made here so
+    that the clear password never reaches the server or its logs."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
 
 
 def _write_private(path: Path, text: str, owner: pwd.struct_passwd | None) -> None:

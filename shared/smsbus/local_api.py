@@ -11,14 +11,15 @@ Each call opens a short connection to the database smsbus.toml / SMSBUS_DATABASE
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from smsbus import config, db, queue
+from smsbus import campaigns, config, db, queue
 from smsbus.archive import find_archived, get_archived
+from smsbus.campaigns import Campaign, CampaignNotFound, NewCampaign
 from smsbus.errors import MessageNotFound
 from smsbus.message import Message, NewMessage
 
@@ -92,3 +93,34 @@ def find(
         return find_archived(**filters)
     with _connection(conn) as c:
         return queue.find_messages(c, **filters)
+
+
+def campaign(
+    name: str,
+    *,
+    template: str | None = None,
+    recipients: Iterable[str | Mapping[str, str]] = (),
+    start: bool = False,
+    conn: psycopg.Connection[Any] | None = None,
+    **settings: Any,
+) -> Campaign:
+    """A campaign by name, for scripts and trigger scripts: created first when it does not
+    exist (given a template, and NewCampaign's other fields as keywords: sender, channel,
+    rate_per_s, allowed_hours, time_zone, default_region, start_at), then given the
+    recipients (numbers, or mappings with "address" and the template's fields; rejected ones
+    are counted in the campaign's report), then started when `start`. One transaction."""
+    with _connection(conn) as c:
+        try:
+            campaigns.find_campaign(c, name)
+        except CampaignNotFound:
+            if template is None:
+                raise
+            campaigns.create_campaign(c, NewCampaign(name=name, template=template, **settings))
+        rows = [r if isinstance(r, Mapping) else {campaigns.ADDRESS_FIELD: r} for r in recipients]
+        if rows:
+            header = list(dict.fromkeys(key for row in rows for key in row))
+            campaigns.load_rows(c, name, header, [[str(row.get(key, "")) for key in header] for row in rows],
+                                address_column=campaigns.ADDRESS_FIELD)
+        if start:
+            campaigns.start_campaign(c, name)
+        return campaigns.find_campaign(c, name)

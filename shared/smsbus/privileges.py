@@ -61,12 +61,21 @@ def _group_exists(name: str) -> bool:
 
 def can_traverse(user: pwd.struct_passwd, folder: Path) -> bool:
     """Whether `user` may pass through `folder` (its x bit for that user's class)."""
-    status = folder.stat()
+    return _permits(user, folder, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+
+
+def can_read(user: pwd.struct_passwd, path: Path) -> bool:
+    """Whether `user` may read `path` itself (the folders above aside)."""
+    return _permits(user, path, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+
+
+def _permits(user: pwd.struct_passwd, path: Path, owner_bit: int, group_bit: int, other_bit: int) -> bool:
+    status = path.stat()
     if status.st_uid == user.pw_uid:
-        return bool(status.st_mode & stat.S_IXUSR)
+        return bool(status.st_mode & owner_bit)
     if status.st_gid in os.getgrouplist(user.pw_name, user.pw_gid):
-        return bool(status.st_mode & stat.S_IXGRP)
-    return bool(status.st_mode & stat.S_IXOTH)
+        return bool(status.st_mode & group_bit)
+    return bool(status.st_mode & other_bit)
 
 
 def open_path_to(user: pwd.struct_passwd, path: Path) -> list[Path]:

@@ -7,8 +7,9 @@ with PostgreSQL's message, and never reaches the router.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -59,6 +60,15 @@ INSERT_ROUTING_RULE = """
 INSERT INTO routing_rules (position, name, condition, channels, strategy, weights, enabled)
 VALUES (%(position)s, %(name)s, %(condition)s, %(channels)s, %(strategy)s, %(weights)s, %(enabled)s)
 RETURNING *
+"""
+UPDATE_BLOCKING_RULE = """
+UPDATE blocking_rules SET name = %(name)s, condition = %(condition)s, enabled = %(enabled)s
+WHERE id = %(id)s RETURNING *
+"""
+UPDATE_ROUTING_RULE = """
+UPDATE routing_rules SET name = %(name)s, condition = %(condition)s, enabled = %(enabled)s,
+                         channels = %(channels)s, strategy = %(strategy)s, weights = %(weights)s
+WHERE id = %(id)s RETURNING *
 """
 DELETE_RULE = "DELETE FROM {table} WHERE id = %(id)s"
 # positions 1..n in the order given
@@ -156,25 +166,63 @@ def _add(
         raise RuleRefused("condition: must not be empty (write `true` to match every message)")
     if position is not None and position < 1:
         raise RuleRefused(f"position: must be 1 or more, got {position}")
+    with refusals_said(kind, values["name"]), conn.transaction():
+        conn.execute(SET_SAVE_TIMEOUT, {"timeout_ms": str(SAVE_TIMEOUT_MS)})
+        if position is None:
+            row = conn.execute(_query(SELECT_NEXT_POSITION, kind)).fetchone()
+            assert row is not None
+            position = int(row["position"])
+        else:
+            conn.execute(_query(MAKE_ROOM, kind), {"position": position})
+        saved = conn.execute(insert, {"position": position, **values}).fetchone()
+        _renumber(conn, kind)
+    conn.commit()
+    assert saved is not None
+    return dict(saved)
+
+
+@contextlib.contextmanager
+def refusals_said(kind: RuleKind, name: str) -> Iterator[None]:
+    """PostgreSQL's refusal of a rule as RuleRefused, naming the field it is about."""
     try:
-        with conn.transaction():
-            conn.execute(SET_SAVE_TIMEOUT, {"timeout_ms": str(SAVE_TIMEOUT_MS)})
-            if position is None:
-                row = conn.execute(_query(SELECT_NEXT_POSITION, kind)).fetchone()
-                assert row is not None
-                position = int(row["position"])
-            else:
-                conn.execute(_query(MAKE_ROOM, kind), {"position": position})
-            saved = conn.execute(insert, {"position": position, **values}).fetchone()
-            _renumber(conn, kind)
+        yield
     except psycopg.errors.UniqueViolation as e:
         if (e.diag.constraint_name or "").endswith("_position_key"):
             raise RuleRefused("position: another rule was saved there at the same moment; try again") from None
-        raise RuleRefused(f'name: a {kind.noun} named "{values["name"]}" already exists') from None
+        raise RuleRefused(f'name: a {kind.noun} named "{name}" already exists') from None
     except psycopg.errors.QueryCanceled:
         raise RuleRefused(f"condition: PostgreSQL took over {SAVE_TIMEOUT_MS} ms to compile it") from None
     except (psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.DataError) as e:
         raise RuleRefused(refusal_text(e)) from None
+
+
+def edit_rule(
+    conn: psycopg.Connection[Any],
+    kind: RuleKind,
+    ref: str,
+    *,
+    name: str,
+    condition: str,
+    enabled: bool,
+    channels: Sequence[str] = (),
+    strategy: str = "failover",
+    weights: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Change a rule in place (its position stays); checked as on add, and commits."""
+    if not name:
+        raise RuleRefused("name: must not be empty")
+    if not condition.strip():
+        raise RuleRefused("condition: must not be empty (write `true` to match every message)")
+    if kind is RuleKind.ROUTE:
+        check_channels_and_weights(conn, channels, strategy, weights)
+    rule = get_rule(conn, kind, ref)
+    values = {"id": rule["id"], "name": name, "condition": condition, "enabled": enabled,
+              "channels": list(channels), "strategy": strategy,
+              "weights": list(weights) if weights is not None else None}
+    update = UPDATE_ROUTING_RULE if kind is RuleKind.ROUTE else UPDATE_BLOCKING_RULE
+    with refusals_said(kind, name), conn.transaction():
+        conn.execute(SET_SAVE_TIMEOUT, {"timeout_ms": str(SAVE_TIMEOUT_MS)})
+        saved = conn.execute(update, values).fetchone()
     conn.commit()
     assert saved is not None
     return dict(saved)

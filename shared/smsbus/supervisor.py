@@ -202,6 +202,20 @@ class Supervisor:
         result["started"] = sorted(g for g in added if g.startswith(CHANNEL_PROGRAM_PREFIX))
         return result
 
+    def restart(self, program: str) -> None:
+        """Stop and start one program ("group:name" as getAllProcessInfo lists it), as
+        `supervisorctl restart` does; the Manager's dashboard offers it to admins."""
+        self.require_running()
+        try:
+            self.proxy.supervisor.stopProcess(program, True)
+        except xmlrpc.client.Fault as e:
+            if "NOT_RUNNING" not in e.faultString:
+                raise SmsbusError(f"supervisord would not stop {program}: {e.faultString}") from None
+        try:
+            self.proxy.supervisor.startProcess(program, True)
+        except xmlrpc.client.Fault as e:
+            raise SmsbusError(f"supervisord would not start {program}: {e.faultString}") from None
+
     def _stop_group(self, group: str) -> None:
         try:
             self.proxy.supervisor.stopProcessGroup(group, True)

@@ -96,7 +96,7 @@ def test_up_detached_runs_embedded_postgres_and_broker_then_down(fresh_install_e
     assert set(states.values()) == {"RUNNING"}, states
     assert (Path(env[WORKDIR]) / "var" / "pgdata" / "PG_VERSION").exists()
     if os.geteuid() == 0:  # as the test suite runs here; otherwise all runs as its user anyway
-        assert_nothing_runs_as_root_and_other_users_are_kept_out(env)
+        assert_nothing_runs_as_root_and_other_users_are_kept_out(env, up.stdout + up.stderr)
 
     sent = smsbus(env, "send", "--to", "+31612345678", "--body", "hi")
     assert sent.returncode == 0, sent.stderr
@@ -150,7 +150,7 @@ def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def assert_nothing_runs_as_root_and_other_users_are_kept_out(env: dict[str, str]) -> None:
+def assert_nothing_runs_as_root_and_other_users_are_kept_out(env: dict[str, str], up_output: str) -> None:
     """What `smsbus up` started as root left running (SPEC §13)."""
     var = Path(env[WORKDIR]) / "var"
     # `ps` shows every program of supervisord as the unprivileged service user
@@ -176,11 +176,20 @@ def assert_nothing_runs_as_root_and_other_users_are_kept_out(env: dict[str, str]
     with pytest.raises(psycopg.OperationalError, match="password"):
         psycopg.connect(url.split("&passfile=")[0], connect_timeout=5).close()
 
+    # `smsbus up` printed no password (its output may well end in a log: systemd's journal)
+    admin_password = (var / "admin-password").read_text().strip()
+    assert admin_password not in up_output and (var / "admin-password").stat().st_mode & 0o077 == 0
+
     secrets = var / "secrets" / "pgpass"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     socket_file = var / "pgsocket" / ".s.PGSQL.5432"
     assert stat.S_IMODE(socket_file.stat().st_mode) == 0o700
     assert stat.S_IMODE(socket_file.parent.stat().st_mode) == 0o700
+
+    # the folder above var/ (mkdtemp: 0700) was opened only as far as needed: passable, not
+    # listable (pgserver's own helper would have added o+rx on every folder up to /)
+    assert stat.S_IMODE(var.parent.stat().st_mode) & 0o077 == 0o001
+    assert stat.S_IMODE(var.stat().st_mode) == 0o750 and var.stat().st_uid == 0
 
     # another local account reads no secret and reaches no database
     for path in (secrets, var / "pgdata" / "PG_VERSION"):

@@ -33,9 +33,16 @@ class Api:
 
 
 @pytest.fixture
-def api(service_env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[Api]:
+def api_settings() -> dict[str, str]:
+    """[api] settings for the `api` fixture (a test module may override this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def api(service_env: dict[str, str], database_url: str, tmp_path: Path, api_settings: dict[str, str]) -> Iterator[Api]:
     port = free_port()
     env = dict(service_env, SMSBUS_API_PORT=str(port), SMSBUS_API_KEY_CACHE_S="0")
+    env.update({f"SMSBUS_API_{k.upper()}": v for k, v in api_settings.items()})
     with psycopg.connect(database_url) as conn:
         keys = {
             name: access.create_api_key(conn, f"test-{name}", scopes).key

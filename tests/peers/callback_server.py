@@ -84,9 +84,13 @@ def serve(port: int, log_path: Path) -> None:
             self.end_headers()
             self.wfile.write(data)
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.serve_forever()
+    class Server(ThreadingHTTPServer):
+        # the default backlog of 5 drops the connections of a burst (the client retries
+        # its SYN a second later), which would measure the receiver, not the sender
+        request_queue_size = 1024
+        daemon_threads = True
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 class CallbackServer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,13 @@ def supervisord(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ite
     yield supervisor
     supervisor.proxy.supervisor.shutdown()  # our child: wait() reaps it (shutdown() polls the pid)
     process.wait(30)
+
+
+def secret_file(folder: Path, value: str) -> str:
+    """A file holding a secret, as an operator would pass it with --password-file."""
+    path = folder / f"secret-{len(list(folder.glob('secret-*')))}"
+    path.write_text(value + "\n")
+    return str(path)
 
 
 def program_states(supervisor: Supervisor) -> dict[str, str]:

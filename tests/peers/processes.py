@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 # every service with a metrics server: each test run gets ports of its own
-SERVICES_WITH_METRICS = ("broker", "router", "triggers", "archiver", "webhooks")
+SERVICES_WITH_METRICS = ("broker", "router", "triggers", "archiver", "webhooks", "campaigns")
 
 
 def service_environment(database_url: str | None, data_dir: Path) -> dict[str, str]:

@@ -6,14 +6,18 @@ queue code (cancel, requeue, reprocess).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated
 
 import msgspec
 import uvicorn
 
-from smsbus import config, log
+import smsbus.config as config
+import smsbus.log as log
 from smsbus.config import Port, Seconds
 from smsbus.errors import ConfigError
 
@@ -54,11 +58,18 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Server(uvicorn.Server):
     """uvicorn raises SIGTERM again after its graceful shutdown, so the process ends by the
-    signal; like every other service, a stop asked for is a clean exit 0."""
+    signal; like every other service, a stop asked for is a clean exit 0. Event streams never
+    end by themselves: they are cut at once, or the shutdown would wait for them."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+        with contextlib.suppress(RuntimeError):  # no loop running yet: no streams either
+            asyncio.get_running_loop().call_soon(self.on_exit)
 
 
 def load_settings() -> ApiSettings:
@@ -87,5 +98,5 @@ def main() -> None:
         log_level="warning",
         timeout_graceful_shutdown=3,
         lifespan="on",
-    ))
+    ), on_exit=app.state.events.disconnect_all)
     server.run()

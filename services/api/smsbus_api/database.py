@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from smsbus.db import WORKER_SESSION_OPTIONS
+from smsbus.db import session_options
 
 APPLICATION = "smsbus-api"
 SHARED_CODE_CONNECTIONS = 4
@@ -29,7 +29,7 @@ class Database:
         options = {
             "row_factory": dict_row,
             "application_name": APPLICATION,
-            "options": WORKER_SESSION_OPTIONS,
+            "options": session_options(),
             "connect_timeout": 5,
         }
         self.pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(

@@ -12,13 +12,15 @@ import msgspec
 import prometheus_client
 import psycopg
 from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from psycopg.types.json import Jsonb
 
-from smsbus import queue, triggers
+import smsbus.queue as queue
+import smsbus.triggers as triggers
 from smsbus.archive import get_archived
 from smsbus.db import translate_refusal
-from smsbus.errors import InvalidMessage, MessageNotFound
+from smsbus.errors import MessageNotFound
 from smsbus.message import Message, NewMessage
 from smsbus_api.auth import principal_of, scope
 from smsbus_api.problems import ProblemError, invalid_row
@@ -33,7 +35,12 @@ ACCEPTED = prometheus_client.Counter(
 
 # no NUL anywhere in a text PostgreSQL stores; the address formats are the table's to judge
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS, pattern="^[^\x00]*$")]
-Address = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern="^[^\x00]*$")]
+# the messages table's own check (messages_to_address_format), said in the document too
+ADDRESS_PATTERN = r"^(\+[1-9][0-9]{1,14}|[0-9]{1,15}|(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9][A-Za-z0-9 ._&-]{0,10})$"
+Address = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=16, pattern=ADDRESS_PATTERN,
+    description="E.164 (+31612345678), a short code or national number, or an alphanumeric sender id",
+)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern="^[^\x00]*$")]
 ClientRef = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern="^[^\x00]*$")]
 CallbackUrl = Annotated[str, msgspec.Meta(max_length=2000, pattern="^https?://[^\x00\\s]+$")]
@@ -64,7 +71,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         )
 
 
-Batch = Annotated[list[MessageIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+Batch = Annotated[list[MessageIn], msgspec.Meta(max_length=MAX_BATCH)]
 
 
 class Accepted(msgspec.Struct):
@@ -104,7 +111,8 @@ async def insert_one(request: Request[Any, Any, Any], new: NewMessage) -> tuple[
 
 
 async def insert_batch(request: Request[Any, Any, Any], batch: list[NewMessage]) -> list[Accepted]:
-    """All or nothing, in one statement; a refused row is found and named by its index."""
+    """All or nothing, in one statement (each row was checked against the table's formats
+    when the body was decoded)."""
     async with request.app.state.db.pool.connection() as conn:
         try:
             async with conn.transaction():
@@ -115,7 +123,7 @@ async def insert_batch(request: Request[Any, Any, Any], batch: list[NewMessage])
                     cursor = await conn.execute(queue.SELECT_BY_CLIENT_REFS, {"client_refs": refs})
                     known = {r["client_ref"]: r["id"] for r in await cursor.fetchall()}
         except psycopg.errors.IntegrityError as e:
-            raise await name_refused_row(conn, batch, translate_refusal(e)) from None
+            raise invalid_row(translate_refusal(e)) from None
         except psycopg.errors.UntranslatableCharacter:
             raise ProblemError(422, "properties hold a character PostgreSQL cannot store (NUL)",
                                field="properties") from None
@@ -134,33 +142,21 @@ async def insert_batch(request: Request[Any, Any, Any], batch: list[NewMessage])
     return accepted
 
 
-async def name_refused_row(
-    conn: psycopg.AsyncConnection[Any], batch: list[NewMessage], refusal: InvalidMessage
-) -> ProblemError:
-    """Which row of the batch the table refused: each tried alone in a transaction rolled back."""
-    for index, new in enumerate(batch):
-        params = msgspec.structs.asdict(new)
-        params["properties"] = Jsonb(new.properties)
-        try:
-            async with conn.transaction(force_rollback=True):
-                await conn.execute(queue.INSERT_MESSAGE, params)
-        except psycopg.errors.IntegrityError as e:
-            return invalid_row(translate_refusal(e), prefix=f"[{index}].")
-    return invalid_row(refusal)
-
-
 @post(
     "/v1/messages", opt=scope("send"), status_code=201,
     summary="Send a message, or a batch (a JSON array) of up to 10,000 in one transaction",
     description="A repeated client_ref creates nothing: the answer is the first message (200 for one).",
+    responses={200: ResponseSpec(Message, description="a message with this client_ref exists: the first one")},
 )
 async def send_messages(
     request: Request[Any, Any, Any], data: MessageIn | Batch
 ) -> Response[Message | BatchAccepted]:
     api_key_id = principal_of(request).api_key_id
     if isinstance(data, list):
-        if not 1 <= len(data) <= MAX_BATCH:
-            raise ProblemError(400, f"a batch holds 1 to {MAX_BATCH} messages, this one {len(data)}", field="[]")
+        if len(data) > MAX_BATCH:
+            raise ProblemError(400, f"a batch holds at most {MAX_BATCH} messages, this one {len(data)}", field="[]")
+        if not data:
+            return Response(BatchAccepted([]), status_code=201)
         accepted = await insert_batch(request, [m.to_new(api_key_id) for m in data])
         ACCEPTED.inc(sum(a.created for a in accepted))
         return Response(BatchAccepted(accepted), status_code=201)

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import msgspec
+import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -106,10 +107,21 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         extras = _extras(exc)
         keys = [str(e["key"]) for e in extras if e.get("key") and e.get("key") != WHOLE_BODY]
         texts = [str(e.get("message", "")) for e in extras]
-        field = next((f for f in [*keys, *map(field_of, [detail, *texts])] if f), None)
+        field = next((f for f in [path_in_body(exc), *keys, *map(field_of, [detail, *texts])] if f), None)
         if any(texts):
             detail = "; ".join(f"{field}: {t}" if field else t for t in texts if t)
     return problem_response(exc.status_code, detail, field=field, headers=exc.headers)
+
+
+def path_in_body(exc: HTTPException) -> str | None:
+    """Where in the body msgspec found the fault (`[3].to_address` in a batch): litestar keeps
+    only the last key, the cause says the whole path (`$.data[3].to_address`)."""
+    if not isinstance(exc.__cause__, msgspec.ValidationError):
+        return None
+    path = field_of(str(exc.__cause__))
+    if path is None or not path.startswith(WHOLE_BODY):
+        return None
+    return path[len(WHOLE_BODY):].lstrip(".") or None
 
 
 def _extras(exc: HTTPException) -> list[dict[str, Any]]:
@@ -134,6 +146,13 @@ def _field_named(text: str) -> str | None:
     """The shared code starts its refusals with the field: `scopes: expected ...`."""
     head, colon, _ = text.partition(":")
     return head if colon and head.replace("_", "").isalnum() and head.islower() else None
+
+
+def handle_data_error(request: Request[Any, Any, Any], exc: psycopg.DataError) -> Response[Problem]:
+    """A value PostgreSQL cannot take (a NUL in a text, a number out of range) that no field
+    check caught: the caller's input, refused as such."""
+    detail = exc.diag.message_primary or type(exc).__name__
+    return problem_response(400, f"a value PostgreSQL cannot store: {detail}")
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:

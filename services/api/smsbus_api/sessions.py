@@ -40,7 +40,7 @@ DECOY_HASH = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
 
 
 class Login(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern="^[^\x00]*$")]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 
 
@@ -93,13 +93,17 @@ async def show_session(request: Request[Any, Any, Any]) -> SessionInfo:
     return SessionInfo(user=principal.name, role=principal.role, csrf_token=principal.csrf_token)
 
 
-@delete("/v1/session", opt=scope("read"), status_code=204, summary="Log out")
-async def log_out(request: Request[Any, Any, Any]) -> Response[None]:
+class LoggedOut(msgspec.Struct):
+    logged_out: bool
+
+
+@delete("/v1/session", opt=scope("read"), status_code=200, summary="Log out (ends the session of the cookie sent)")
+async def log_out(request: Request[Any, Any, Any]) -> Response[LoggedOut]:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         async with request.app.state.db.pool.connection() as conn:
             await conn.execute(DELETE_SESSION, {"token_sha256": hash_secret(token)})
-    response: Response[None] = Response(None, status_code=204)
+    response = Response(LoggedOut(bool(token)), status_code=200)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 

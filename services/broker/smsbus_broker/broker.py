@@ -18,24 +18,28 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import msgspec
 import prometheus_client
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from smsbus.bus import (
     IDS_PER_DATAGRAM,
     MAX_FRAME_BYTES,
     MAX_LINE_BYTES,
     STATUS,
+    TOPIC_PATTERN,
     Notification,
     config_topic,
     decode_frames,
     encode_frames,
     parse_notification,
 )
+from smsbus.bus_keys import CLIENTS_DIR, secure_server
 from smsbus.config import OptionalPort, Settings
-from smsbus.errors import MalformedNotification
+from smsbus.errors import ConfigError, MalformedNotification
 from smsbus.loop import Connection, LoopSettings, Watch, prepare, run
 
 SERVICE = "broker"
@@ -66,7 +70,11 @@ LISTENERS_DROPPED = prometheus_client.Counter(
 
 
 class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # the ZeroMQ ports' address ("0.0.0.0" for services on other hosts, with bus.curve_dir)
     bind_host: str = "127.0.0.1"
+    # port 16725 (UDP in, TCP listeners out) has no authentication: empty, it follows
+    # bind_host; keep it "127.0.0.1" when only the ZeroMQ ports must reach other hosts
+    notify_bind_host: str = ""
     metrics_port: OptionalPort = 16730
     # a listener that stops reading is disconnected once this much waits for it
     max_listener_buffer_bytes: int = msgspec.field(default=1_048_576)
@@ -129,10 +137,19 @@ class Broker:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.xsub = context.socket(zmq.XSUB)
         self.xpub = context.socket(zmq.XPUB)
+        # CURVE: the library's authenticator (ZAP) is a thread of its own, checking each
+        # connecting key against the allow list; it touches none of the loop's sockets
+        self.authenticator: ThreadAuthenticator | None = None
+        if bus.curve_dir:
+            self.authenticator = ThreadAuthenticator(context)
+            self.authenticator.start()
+            self.authenticator.configure_curve(domain="*", location=str(Path(bus.curve_dir) / CLIENTS_DIR))
         for sock in (self.xsub, self.xpub):
             sock.setsockopt(zmq.LINGER, 0)
             # a bigger message (or subscription) disconnects its sender
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            if bus.curve_dir:
+                secure_server(sock, bus.curve_dir)
         self.xsub.bind(f"tcp://{own.bind_host}:{bus.publish_port}")
         self.xpub.bind(f"tcp://{own.bind_host}:{bus.subscribe_port}")
         # the broker wants everything services publish, for its TCP listeners too
@@ -140,12 +157,13 @@ class Broker:
 
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, own.udp_receive_buffer_bytes)
-        self.udp.bind((own.bind_host, bus.notify_port))
+        notify_host = own.notify_bind_host or own.bind_host
+        self.udp.bind((notify_host, bus.notify_port))
         self.udp.setblocking(False)
 
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((own.bind_host, bus.notify_port))
+        self.tcp.bind((notify_host, bus.notify_port))
         self.tcp.listen(128)
         self.tcp.setblocking(False)
 
@@ -168,7 +186,14 @@ class Broker:
         self.publish([Notification(STATUS)] + [Notification(config_topic(t)) for t in CONFIG_TABLES])
 
     def forward_database_notifications(self, conn: Connection) -> int:
-        topics = {n.payload for n in conn.notifies(timeout=0)}
+        """Any role of the database may NOTIFY on the channel: a payload that is no topic
+        (a newline would write lines to the listeners) is malformed like any input."""
+        topics = set()
+        for payload in {n.payload for n in conn.notifies(timeout=0)}:
+            if TOPIC_PATTERN.match(payload):
+                topics.add(payload)
+            else:
+                self.malformed.record("postgres", "-", f"bad topic {payload[:40]!r}")
         NOTIFICATIONS_IN.labels("postgres").inc(len(topics))
         self.publish(Notification(t) for t in sorted(topics))
         return len(topics)
@@ -344,6 +369,8 @@ class Broker:
         self.xpub.close()
         if self.reserve_fd is not None:
             os.close(self.reserve_fd)
+        if self.authenticator is not None:
+            self.authenticator.stop()
 
 
 def raise_descriptor_limit(wanted: int) -> int:
@@ -382,6 +409,8 @@ def main() -> None:
         broker = Broker(settings, own)
     except OSError as e:
         sys.exit(f"{SERVICE}: cannot open its ports ({e}); set bus.* or broker.bind_host")
+    except ConfigError as e:
+        sys.exit(f"{SERVICE}: {e}")
     try:
         run(
             settings=settings,

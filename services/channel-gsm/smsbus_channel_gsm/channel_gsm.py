@@ -78,7 +78,8 @@ WITH claimed AS (
     SELECT id FROM messages
     WHERE status = 'QUEUED' AND channel = %(channel)s AND routed_at IS NOT NULL
       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-    ORDER BY id LIMIT %(limit)s
+    -- live traffic first: one-off messages before campaign messages (migration 0041)
+    ORDER BY (campaign_id IS NOT NULL), id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 UPDATE messages m SET status = 'SENDING', lease_owner = %(owner)s,

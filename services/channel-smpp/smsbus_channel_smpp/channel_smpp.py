@@ -2,8 +2,10 @@
 
 Owns QUEUED -> SENDING -> SENT | FAILED | QUEUED (retry) for its channel, SENT -> DELIVERED |
 NOTDELIVERED | NOREPORT from receipts, and the incoming `in`/RECEIVED rows. Wakes on
-`outgoing.<channel>` (announced by the database), on its SMPP socket and on its own timers; one thread owns
-the database connection and every SMPP socket (no lock needed).
+`outgoing.<channel>` (announced by the database), on its SMPP socket and on its own timers. The
+main thread owns every SMPP socket and the loop's connection (ownership, housekeeping, health);
+the database thread (database_thread.py) owns a connection of its own and records batches and
+claims while the main thread keeps the window moving. They share no socket and no connection.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from smsbus_channel_smpp.command_status import (
     parse_overrides,
     status_label,
 )
+from smsbus_channel_smpp.database_thread import DatabaseThread
 from smsbus_channel_smpp.receipts import ESM_CLASS_UDHI, Receipt, is_receipt, normalise_provider_id, parse_receipt
 from smsbus_channel_smpp.session import PDU, BindRefused, ProtocolError, Session, SessionError
 
@@ -57,6 +60,8 @@ OWNERSHIP_RETRY_S = 1.0
 STOP_DRAIN_S = 2.0
 # at-least-once channels claim this many windows beyond the one on the wire
 CLAIM_AHEAD_WINDOWS = 2
+# after a batch could not be recorded (the database is away), try again this much later
+RECORD_RETRY_S = 1.0
 # which error outcome of a multipart message wins when its parts disagree
 ERROR_CLASS_RANK = {ErrorClass.THROTTLING: 0, ErrorClass.TEMPORARY: 1, ErrorClass.PERMANENT: 2}
 
@@ -81,6 +86,26 @@ INCOMING = prometheus_client.Counter("smsbus_smpp_incoming_total", "deliver_sm r
 PROTOCOL_ERRORS = prometheus_client.Counter(
     "smsbus_smpp_protocol_errors_total", "Garbage from the SMSC that reset the connection", ["channel"]
 )
+
+
+@dataclass
+class Batch:
+    """What the database thread records in one transaction, and how many to claim."""
+
+    finished: list[InFlight]
+    unknown: list[InFlight]
+    incoming: list[tuple[Session, PDU]]
+    room: int
+
+
+@dataclass
+class Recorded:
+    """A batch's outcome, for the main thread: what to send and to acknowledge now."""
+
+    claimed: list[outbox.Claimed]
+    responses: list[tuple[Session, PDU, int]]
+    latencies: list[float]
+    sent_moves: int
 
 
 @dataclass
@@ -211,6 +236,12 @@ class SmppChannel:
         # a previous owner may have left receipts waiting; checked again every housekeeping
         self.early_receipts_waiting = True
         self.labels = {"channel": self.name}
+        self.database = DatabaseThread(url, f"{SERVICE}-{self.name}-recorder", self.on_connect)
+        self.recording: Batch | None = None
+        self.record_again_at = 0.0
+        # a wake-up (bus, poll, timer, socket) asked to look at the queue; a claim that only
+        # came back empty does not, or an idle channel would claim in a loop
+        self.claim_wanted = True
 
     # -- what the main loop calls ------------------------------------------------------
 
@@ -219,7 +250,10 @@ class SmppChannel:
             return 0
         self._connect_if_due(conn)
         done = self._read_sessions()
-        done += self._record_and_send(conn)
+        finished = self._finish_recording()
+        if finished is None:
+            self.claim_wanted = True
+        done += (finished or 0) + self._start_recording()
         self._housekeeping(conn)
         return done
 
@@ -233,6 +267,8 @@ class SmppChannel:
     def watches(self) -> Iterator[Watch]:
         for session in self._sessions():
             yield Watch(session, functools.partial(self._on_readable, session))
+        # a recorded batch: its claimed messages go out, its deliver_sm are acknowledged
+        yield Watch(self.database, lambda events: True)
 
     def next_wake(self) -> float | None:
         """Wall-clock time of the earliest timer: reconnect, enquire_link, housekeeping,
@@ -255,15 +291,19 @@ class SmppChannel:
                 due.append(self.bucket.next_token_at())
         if self.retry_times:
             due.append(self.retry_times[0])
+        if self.record_again_at > now:
+            due.append(self.record_again_at)
         return time.time() + max(0.0, min(due) - now)
 
     def close(self, url: str) -> None:
         """On SIGTERM: wait briefly for responses to what is on the wire, record, unbind."""
+        self.stopping = True
+        if self.database.busy:
+            self._finish_recording(timeout_s=STOP_DRAIN_S + 5)
         deadline = time.monotonic() + STOP_DRAIN_S
         while self.outstanding and time.monotonic() < deadline and self.transmitter is not None:
             time.sleep(0.01)
             self._read_sessions()
-        self.stopping = True
         self._give_back_unsent()
         if self.finished or self.unknown or self.incoming:
             try:
@@ -275,6 +315,7 @@ class SmppChannel:
             session.close(unbind=True)
         self.transmitter = self.receiver = None
         self.ownership.release()
+        self.database.stop()
 
     # -- ownership and binding ---------------------------------------------------------
 
@@ -465,48 +506,102 @@ class SmppChannel:
     # -- recording (one short transaction per batch) --------------------------------------
 
     def _record_and_send(self, conn: Connection) -> int:
-        """One short transaction per batch: outcomes recorded, receipts and incoming
-        messages stored, the next messages claimed; then deliver_sm acknowledged and the
-        claimed messages sent. Pipeline mode: about two round trips.
+        """The next batch recorded on `conn` by this thread, then sent: at stop only."""
+        sent = self._send_queued_parts()
+        batch = self._next_batch()
+        if batch is None:
+            return sent
+        try:
+            recorded = self._record(conn, batch)
+        except psycopg.Error:
+            self._give_back(batch)
+            raise
+        return sent + self._after_recording(batch, recorded)
+
+    def _start_recording(self) -> int:
+        """Hands the next batch to the database thread, unless it is busy with one."""
+        sent = self._send_queued_parts()
+        if self.database.busy or time.monotonic() < self.record_again_at:
+            return sent
+        claim_only = not (self.finished or self.unknown or self.incoming)
+        if claim_only and not (self.claim_wanted or self.backlog):
+            return sent
+        batch = self._next_batch()
+        if batch is not None:
+            self.claim_wanted = self.claim_wanted and not claim_only
+            self.recording = batch
+            self.database.submit(functools.partial(self._record, batch=batch))
+        return sent
+
+    def _finish_recording(self, timeout_s: float | None = None) -> int | None:
+        """The database thread's result, when it has one (else None): send what it claimed,
+        acknowledge what it stored. A batch it could not record is kept for the next try."""
+        result = self.database.take(timeout_s)
+        if result is None:
+            return None
+        batch, self.recording = self.recording, None
+        assert batch is not None
+        if result.error is not None:
+            self._give_back(batch)
+            if not isinstance(result.error, psycopg.Error):
+                raise result.error
+            log.warning("could not record channel=%s error=%s retry_in_s=%.1f",
+                        self.name, type(result.error).__name__, RECORD_RETRY_S)
+            self.record_again_at = time.monotonic() + RECORD_RETRY_S
+            return 0
+        return self._after_recording(batch, result.value)
+
+    def _next_batch(self) -> Batch | None:
+        room = self._claim_room()
+        if not self._worth_a_round_trip(room):
+            return None
+        batch = Batch(self.finished, self.unknown, self.incoming, room)
+        self.finished, self.unknown, self.incoming = [], [], []
+        return batch
+
+    def _give_back(self, batch: Batch) -> None:
+        """Nothing of the batch was recorded: all of it waits for the next try."""
+        self.finished, self.unknown = batch.finished + self.finished, batch.unknown + self.unknown
+        self.incoming = batch.incoming + self.incoming
+
+    def _record(self, conn: Connection, batch: Batch) -> Recorded:
+        """One short transaction per batch (on the database thread's connection, or on the
+        loop's at stop): outcomes recorded, receipts and incoming messages stored, the next
+        messages claimed. Pipeline mode: about two round trips. Touches no socket.
 
         Without anything received, the commit does not wait for the disk: a database crash
         that lost it leaves the message SENDING or QUEUED, which the lease turns into
         at-least-once (or, with on_unknown = "fail", at-most-once) exactly like a crash of
         the channel itself. With something received it waits: nothing acknowledged to the
         SMSC may be lost."""
-        sent = self._send_queued_parts()
-        room = self._claim_room()
-        if not self._worth_a_round_trip(room):
-            return sent
-        finished, self.finished = self.finished, []
-        unknown, self.unknown = self.unknown, []
-        incoming, self.incoming = self.incoming, []
-        if not (finished or unknown or incoming):
+        if not (batch.finished or batch.unknown or batch.incoming):
             # the claim alone: one statement, one round trip (autocommit)
-            claimed = outbox.claim_queued(conn, self.name, self.owner, room, self.settings.lease_s)
-            return sent + self._prepare_and_send(claimed, room)
+            claimed = outbox.claim_queued(conn, self.name, self.owner, batch.room, self.settings.lease_s)
+            return Recorded(claimed, [], [], 0)
         responses: list[tuple[Session, PDU, int]] = []
         # a refused incoming message rolls back to its savepoint: kept out of pipeline mode
-        messages_in = any(not is_receipt(int(pdu.esm_class or 0)) for _, pdu in incoming)
-        try:
-            with contextlib.nullcontext() if messages_in else conn.pipeline(), conn.transaction():
-                if incoming:
-                    conn.execute(outbox.COMMIT_DURABLY)
-                sent_move = self._record_outcomes(conn, finished)
-                self._record_unknown(conn, unknown)
-                claimed = outbox.claim_queued(conn, self.name, self.owner, room, self.settings.lease_s) if room else []
-                latencies = self._take_early_receipts(conn, finished)
-                latencies += self._store_received(conn, incoming, responses)
-        except psycopg.Error:
-            # nothing was recorded: keep it all for the next try on a new connection
-            self.finished, self.unknown = finished + self.finished, unknown + self.unknown
-            self.incoming = incoming + self.incoming
-            raise
-        if sent_move is not None:
-            metrics.count_moves(Status.SENT, self.name, max(0, sent_move.rowcount))
-        self._observe_receipts(latencies)
-        self._acknowledge(responses)
-        return sent + len(finished) + len(unknown) + len(incoming) + self._prepare_and_send(claimed, room)
+        messages_in = any(not is_receipt(int(pdu.esm_class or 0)) for _, pdu in batch.incoming)
+        with contextlib.nullcontext() if messages_in else conn.pipeline(), conn.transaction():
+            if batch.incoming:
+                conn.execute(outbox.COMMIT_DURABLY)
+            sent_move = self._record_outcomes(conn, batch.finished)
+            self._record_unknown(conn, batch.unknown)
+            claimed = (
+                outbox.claim_queued(conn, self.name, self.owner, batch.room, self.settings.lease_s)
+                if batch.room else []
+            )
+            latencies = self._take_early_receipts(conn, batch.finished)
+            latencies += self._store_received(conn, batch.incoming, responses)
+        # in pipeline mode the SENT move's rowcount is known only now, after the sync
+        return Recorded(claimed, responses, latencies, 0 if sent_move is None else max(0, sent_move.rowcount))
+
+    def _after_recording(self, batch: Batch, recorded: Recorded) -> int:
+        """On the main thread, after the commit: count, acknowledge, send."""
+        metrics.count_moves(Status.SENT, self.name, recorded.sent_moves)
+        self._observe_receipts(recorded.latencies)
+        self._acknowledge(recorded.responses)
+        done = len(batch.finished) + len(batch.unknown) + len(batch.incoming)
+        return done + self._prepare_and_send(recorded.claimed, batch.room)
 
     def _prepare_and_send(self, claimed: list[outbox.Claimed], room: int) -> int:
         if room:
@@ -514,8 +609,9 @@ class SmppChannel:
             while self.retry_times and self.retry_times[0] <= time.monotonic():
                 heapq.heappop(self.retry_times)
         for message in claimed:
-            if self.transmitter is None:
-                # the bind broke while they were being claimed: back to the queue untouched
+            if self.transmitter is None or self.stopping:
+                # the bind broke (or SIGTERM came) while they were being claimed: back to the
+                # queue untouched
                 self.finished.append(InFlight(message, []))
                 continue
             flight = self._prepare(message)

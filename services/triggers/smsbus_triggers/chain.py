@@ -63,6 +63,23 @@ FINISH_OWN_PROCESSING = """
 UPDATE messages SET trigger_status = %(outcome)s, trigger_error = %(error)s
 WHERE id = %(id)s AND trigger_status = 'PROCESSING' AND trigger_owner_pid = pg_backend_pid()
 """
+# the same for a batch of SQL-only chains (run_sql_chain_in_bulk)
+START_PROCESSING_ALL = """
+UPDATE messages SET trigger_status = 'PROCESSING'
+WHERE id = ANY(%(ids)s) AND trigger_status = 'PENDING' AND trigger_owner_pid = pg_backend_pid()
+RETURNING id
+"""
+SELECT_ALL_OWN_PROCESSING = """
+SELECT id FROM messages
+WHERE id = ANY(%(ids)s) AND trigger_status = 'PROCESSING' AND trigger_owner_pid = pg_backend_pid()
+ORDER BY id
+"""
+FINISH_ALL_OWN_PROCESSING = """
+UPDATE messages SET trigger_status = 'PROCESSED', trigger_error = NULL
+WHERE id = ANY(%(ids)s) AND trigger_status = 'PROCESSING' AND trigger_owner_pid = pg_backend_pid()
+"""
+SELECT_TRIGGER_STATUSES = "SELECT id, trigger_status FROM messages WHERE id = ANY(%(ids)s)"
+check_trigger_move(TriggerStatus.PENDING, TriggerStatus.PROCESSING)
 check_trigger_move(TriggerStatus.PROCESSING, TriggerStatus.PROCESSED)
 check_trigger_move(TriggerStatus.PROCESSING, TriggerStatus.FAILED)
 
@@ -132,6 +149,45 @@ def run_chain(
     if finished.rowcount:
         return ChainResult(runs, outcome, notifications)
     return ChainResult(runs, trigger_status_now(conn, message.id), notifications)
+
+
+def run_sql_chain_in_bulk(
+    conn: Connection, ids: list[int], triggers: list[Trigger], timeouts: StatementTimeout
+) -> dict[int, str] | None:
+    """The same chain of SQL triggers over many PENDING messages in one transaction: one
+    statement moves them all to PROCESSING, each script is sent for every message at once
+    (executemany: pipelined, one round trip), one statement finishes them. Returns each
+    message's trigger_status; None when any script failed, nothing kept: the caller then runs
+    the messages one by one, each failure on its own message."""
+    started = time.monotonic()
+    try:
+        with conn.transaction():
+            own = [row["id"] for row in conn.execute(START_PROCESSING_ALL, {"ids": ids})]
+            for trigger in triggers:
+                timeouts.set(trigger.timeout_s)
+                if own:
+                    psycopg.RawCursor(conn).executemany(trigger.script.encode(), [[i] for i in own])
+                    own = [row["id"] for row in conn.execute(SELECT_ALL_OWN_PROCESSING, {"ids": own})]
+            conn.execute(FINISH_ALL_OWN_PROCESSING, {"ids": own})
+            outcomes = {row["id"]: row["trigger_status"] for row in conn.execute(SELECT_TRIGGER_STATUSES, {"ids": ids})}
+    except psycopg.errors.Error as e:
+        if connection_lost(conn, e):
+            raise
+        return None
+    elapsed = (time.monotonic() - started) / max(1, len(ids))
+    for trigger in triggers:
+        TRIGGER_RUNS.labels(trigger.language, "ok").inc(len(ids))
+        for _ in ids:
+            TRIGGER_SECONDS.labels(trigger.language).observe(elapsed / len(triggers))
+    return outcomes
+
+
+def connection_lost(conn: Connection, error: psycopg.errors.Error) -> bool:
+    """A timeout (QueryCanceled is an OperationalError too) is the script's doing; a broken
+    connection is not: the main loop reconnects."""
+    return isinstance(error, psycopg.OperationalError) and (
+        conn.closed or not isinstance(error, psycopg.errors.QueryCanceled)
+    )
 
 
 def trigger_status_now(conn: Connection, message_id: int) -> str:

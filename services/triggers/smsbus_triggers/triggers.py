@@ -30,7 +30,7 @@ from smsbus.loop import Connection, LoopSettings, prepare, run
 from smsbus.message import Message
 from smsbus.statuses import TriggerStatus, check_trigger_move
 from smsbus.triggers import Trigger, list_triggers, move_trigger_status
-from smsbus_triggers.chain import ChainResult, StatementTimeout, run_chain
+from smsbus_triggers.chain import ChainResult, StatementTimeout, run_chain, run_sql_chain_in_bulk
 from smsbus_triggers.conditions import evaluate_conditions
 from smsbus_triggers.runner import WorkerProcess
 from smsbus_triggers.trial import print_trial, try_trigger
@@ -54,7 +54,7 @@ class TriggersSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     poll_interval_s: Seconds = 5.0
     metrics_port: OptionalPort = 16732
     # messages claimed at once (one query evaluates every condition for all of them)
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
 
 
 check_trigger_move(TriggerStatus.PENDING, TriggerStatus.NOT_APPLICABLE)
@@ -132,8 +132,7 @@ class Triggers:
         by_id = {t.id: t for t in triggers}
         chains = [(m, [by_id[i] for i in matched[m.id]]) for m in claimed if matched.get(m.id)]
         deadline = time.monotonic() + STEP_BUDGET_S
-        sql_only = [(m, chain) for m, chain in chains if all(t.language == "sql" for t in chain)]
-        self.process_in_one_transaction(conn, sql_only, min(deadline, time.monotonic() + SQL_BATCH_BUDGET_S))
+        self.process_sql_chains(conn, [(m, chain) for m, chain in chains if all(t.language == "sql" for t in chain)])
         for message, chain in chains:
             if all(t.language == "sql" for t in chain):
                 continue
@@ -142,11 +141,26 @@ class Triggers:
                 break
         return len(claimed)
 
-    def process_in_one_transaction(
-        self, conn: Connection, chains: list[tuple[Message, list[Trigger]]], deadline: float
-    ) -> None:
-        """Chains of SQL triggers only: one transaction for the lot (a savepoint each), so a
-        batch costs one commit, not one per message. Those left at the deadline stay ours."""
+    def process_sql_chains(self, conn: Connection, chains: list[tuple[Message, list[Trigger]]]) -> None:
+        """Chains of SQL triggers only, grouped by chain: each group in bulk (a few statements
+        for the lot); a group where some script failed goes message by message instead."""
+        groups: dict[tuple[int, ...], list[Message]] = {}
+        for message, chain in chains:
+            groups.setdefault(tuple(t.id for t in chain), []).append(message)
+        by_key = {tuple(t.id for t in chain): chain for _, chain in chains}
+        for key, messages in groups.items():
+            outcomes = run_sql_chain_in_bulk(conn, [m.id for m in messages], by_key[key], self.statement_timeout(conn))
+            if outcomes is None:
+                self.timeouts = None  # rolled back with the transaction
+                self.process_in_one_transaction(conn, [(m, by_key[key]) for m in messages])
+                continue
+            for trigger_status in outcomes.values():
+                MESSAGES_DONE.labels(trigger_status).inc()
+
+    def process_in_one_transaction(self, conn: Connection, chains: list[tuple[Message, list[Trigger]]]) -> None:
+        """One transaction for the lot (a savepoint each, so a failure stays with its message):
+        one commit, not one per message. Those left at SQL_BATCH_BUDGET_S stay ours."""
+        deadline = time.monotonic() + SQL_BATCH_BUDGET_S
         results = []
         with conn.transaction():
             for message, chain in chains:
@@ -156,17 +170,21 @@ class Triggers:
         for result in results:
             self.publish(result)
 
+    def statement_timeout(self, conn: Connection) -> StatementTimeout:
+        if self.timeouts is None or self.timeouts.conn is not conn:
+            self.timeouts = StatementTimeout(conn)  # a new connection has the default again
+        return self.timeouts
+
     def process(self, conn: Connection, message: Message, triggers: list[Trigger]) -> ChainResult | None:
         """PENDING -> PROCESSING in a short transaction, then its chain (run_chain keeps no
         transaction open while a Python script runs). None when the claim was lost."""
-        if self.timeouts is None or self.timeouts.conn is not conn:
-            self.timeouts = StatementTimeout(conn)  # a new connection has the default again
+        timeouts = self.statement_timeout(conn)
         try:
             with conn.transaction():
                 row = conn.execute(START_PROCESSING, {"id": message.id}).fetchone()
                 if row is None:
                     return None  # it entered another permanent status meanwhile: offered again later
-            return run_chain(conn, queue.to_message(row), triggers, self.worker, self.timeouts)
+            return run_chain(conn, queue.to_message(row), triggers, self.worker, timeouts)
         except BaseException:
             self.timeouts = None  # a rolled-back transaction undid the setting
             raise

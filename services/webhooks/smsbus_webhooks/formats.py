@@ -53,6 +53,8 @@ RECEIPT_STATES: Mapping[str, str] = {
     Status.NOTDELIVERED: "UNDELIV",
     Status.NOREPORT: "UNKNOWN",
 }
+# Kannel's %c (0 7-bit, 1 8-bit, 2 UCS-2) from the properties.coding the api stores
+KANNEL_CODINGS: Mapping[str, str] = {"gsm7": "0", "8bit": "1", "ucs2": "2"}
 ESME_CODE = re.compile(r"\bESME_[A-Z0-9]+\b")
 RECEIPT_ERROR = re.compile(r"(?i)\berr:\s*([0-9]{1,3})\b")
 RECEIPT_STATE = re.compile(r"(?i)\bstat:\s*([A-Z]{7})\b")
@@ -188,7 +190,7 @@ def kannel_values(callback: Callback, dlr_type: int) -> dict[str, str]:
         "t": callback.changed_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "a": body,
         "b": body,
-        "c": str(_int_property(callback.properties, "coding")),
+        "c": KANNEL_CODINGS.get(str(callback.properties.get("coding")), "0"),
         "%": "%",
     }
 

@@ -50,6 +50,9 @@ SELECT extract(epoch FROM min(next_attempt_at))::float8 AS due FROM (
     WHERE abandoned_at IS NULL ORDER BY message_id, id
 ) AS heads
 """
+DELETE_OLD_ABANDONED = """
+DELETE FROM webhook_outbox WHERE abandoned_at < now() - make_interval(secs => %(keep_s)s)
+"""
 SELECT_DEPTH = """
 SELECT count(*) FILTER (WHERE abandoned_at IS NULL) AS waiting,
        count(*) FILTER (WHERE abandoned_at IS NOT NULL) AS abandoned,
@@ -114,8 +117,10 @@ def next_due(conn: Connection) -> float | None:
     return float(due) if due is not None and math.isfinite(due) else None
 
 
-def depth(conn: Connection) -> Depth:
+def depth(conn: Connection, keep_abandoned_s: float) -> Depth:
+    """The gauges' figures, after forgetting callbacks given up longer ago than keep_abandoned_s."""
     with conn.transaction():
+        conn.execute(DELETE_OLD_ABANDONED, {"keep_s": keep_abandoned_s})
         row = conn.execute(SELECT_DEPTH).fetchone()
     assert row is not None
     return Depth(row["waiting"], row["abandoned"], float(row["oldest_s"] or 0.0))

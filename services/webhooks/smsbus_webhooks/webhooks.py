@@ -25,9 +25,9 @@ from smsbus.backoff import Backoff
 from smsbus.config import OptionalPort, Seconds
 from smsbus.errors import ConfigError
 from smsbus.loop import Connection, LoopSettings, prepare, run
-from smsbus.redact import redact_url
+from smsbus.redact import redact_text, redact_url
 from smsbus_webhooks import outbox
-from smsbus_webhooks.delivery import Outcome, send
+from smsbus_webhooks.delivery import Outcome, parse_networks, send
 from smsbus_webhooks.formats import Unsendable, build_request
 from smsbus_webhooks.outbox import Claimed
 
@@ -70,12 +70,22 @@ class WebhooksSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_initial_s: PositiveSeconds = 1.0
     retry_max_s: PositiveSeconds = 600.0
     give_up_after_s: PositiveSeconds = 86400.0
+    # a given-up callback stays this long for the operator to see (30 days)
+    keep_abandoned_s: PositiveSeconds = 2592000.0
+    # never connected to, whatever a callback URL names: by default the link-local networks,
+    # where cloud metadata services answer (add private ones to keep callbacks off the LAN)
+    denied_networks: tuple[str, ...] = ("169.254.0.0/16", "fe80::/10", "0.0.0.0/8")
+    # also how often given-up callbacks past keep_abandoned_s are deleted
     depth_interval_s: Seconds = 5.0
     poll_interval_s: Seconds = 5.0
     metrics_port: OptionalPort = 16734
 
 
+DENIED_NETWORKS_SETTING = "webhooks.denied_networks"
+
+
 def check_settings(own: WebhooksSettings) -> None:
+    parse_networks(DENIED_NETWORKS_SETTING, own.denied_networks)
     if own.lease_s <= own.request_timeout_s:
         raise ConfigError("webhooks.lease_s", f"must be longer than request_timeout_s ({own.request_timeout_s:g})")
     if own.retry_max_s < own.retry_initial_s:
@@ -86,6 +96,7 @@ class WebhooksService:
     def __init__(self, own: WebhooksSettings) -> None:
         self.own = own
         self.backoff = Backoff(own.retry_initial_s, own.retry_max_s)
+        self.denied = parse_networks(DENIED_NETWORKS_SETTING, own.denied_networks)
         self.pool = ThreadPoolExecutor(max_workers=own.concurrency, thread_name_prefix="callback")
         self.due_at: float | None = None
         self.depth_at = 0.0
@@ -113,7 +124,14 @@ class WebhooksService:
         if request is None:
             return None
         started = time.monotonic()
-        outcome = send(request, self.own.request_timeout_s)
+        try:
+            outcome = send(request, self.own.request_timeout_s, self.denied)
+        except Exception as e:
+            # whatever a receiver or its URL does, the service lives on; no traceback in the
+            # log, since its text could quote the URL's secrets
+            error = redact_text(f"unexpected {type(e).__name__}: {e}", callback.url)
+            log.error("callback request failed event=%s url=%s error=%s", callback.id, redact_url(callback.url), error)
+            outcome = Outcome(False, error=error)
         REQUEST_SECONDS.observe(time.monotonic() - started)
         return outcome
 
@@ -160,7 +178,7 @@ class WebhooksService:
         if not self.own.depth_interval_s or time.monotonic() < self.depth_at:
             return
         self.depth_at = time.monotonic() + self.own.depth_interval_s
-        current = outbox.depth(conn)
+        current = outbox.depth(conn, self.own.keep_abandoned_s)
         OUTBOX_DEPTH.labels("waiting").set(current.waiting)
         OUTBOX_DEPTH.labels("abandoned").set(current.abandoned)
         OLDEST_WAITING.set(current.oldest_s)

@@ -12,7 +12,21 @@ from collections.abc import Sequence
 
 import psycopg
 
-from smsbus.cli import access, archive, channels, db, messages, notify, route, rules, send, stack, triggers
+from smsbus.cli import (
+    access,
+    archive,
+    bus,
+    campaigns,
+    channels,
+    db,
+    messages,
+    notify,
+    route,
+    rules,
+    send,
+    stack,
+    triggers,
+)
 from smsbus.cli.output import escaped_output
 from smsbus.errors import NotRunning, SmsbusError
 
@@ -22,7 +36,7 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_NO_DATABASE = 4
 
-NOUNS = (stack, send, messages, notify, db, archive, rules, route, triggers, channels, access)
+NOUNS = (stack, send, messages, notify, bus, db, archive, rules, route, triggers, channels, access, campaigns)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,10 @@
 while everything runs. Settings are validated per type before they are saved (the field is
 named); when smsbus is up, the channel's supervisord program follows at once (started,
 restarted or stopped) and no other program is touched.
+
+Secrets (an SMPP password, a SIM PIN) are read from a file or stdin (`--password-file -`),
+never taken from the command line, where `ps` and the shell history would show them, and
+`show` masks them.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +24,6 @@ import psycopg
 from smsbus import channels, config, db
 from smsbus.channel_settings import SETTINGS_TYPES
 from smsbus.errors import SmsbusError
-from smsbus.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,46 @@ class Option:
     required: bool = False
 
 
+def secret_file(path: str) -> str:
+    """A secret's value: the first line of the file, or of stdin for `-`."""
+    try:
+        if path == "-":
+            line = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as file:
+                line = file.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    return line.rstrip("\r\n")
+
+
+# settings that are secrets: read with their flag, refused in --set and `set FIELD=VALUE`
+SECRET_FLAGS = {field: f"--{field}-file" for field in sorted(channels.SECRET_SETTINGS)}
+SECRET_HELP = "('-': the first line of stdin; never give it on the command line)"
+
+
+class RefusedSecretFlag(argparse.Action):
+    """`--password VALUE` (hidden): refused with the way to do it, the value not repeated."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        field = self.dest.removeprefix("refused_")
+        parser.error(f"{option_string} would show the {field} to `ps` and the shell history:"
+                     f" use {SECRET_FLAGS[field]} FILE (or - for stdin)")
+
+
+def _add_secret_flags(parser: argparse.ArgumentParser, fields: list[str]) -> None:
+    for field in fields:
+        parser.add_argument(
+            SECRET_FLAGS[field], dest=field, type=secret_file, metavar="FILE", help=f"the {field} {SECRET_HELP}"
+        )
+        parser.add_argument(f"--{field}", dest=f"refused_{field}", action=RefusedSecretFlag, help=argparse.SUPPRESS)
+
 # the settings most channels need, as flags; any other setting with --set field=value
 TYPE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "gsm": (
         Option("--device", "device", str, "serial device, e.g. /dev/serial/by-id/usb-...", required=True),
         Option("--baud-rate", "baud_rate", int, "default 115200"),
-        Option("--pin", "pin", str, "SIM PIN, entered when the modem asks"),
         Option("--smsc", "smsc", str, "SMS centre number (default: the SIM's)"),
         Option("--storage", "storage", str, "SM, ME or MT (default SM)"),
     ),
@@ -46,10 +84,13 @@ TYPE_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--host", "host", str, "the SMSC's host", required=True),
         Option("--port", "port", int, "default 2775"),
         Option("--system-id", "system_id", str, "bind system_id", required=True),
-        Option("--password", "password", str, "bind password"),
         Option("--bind-mode", "bind_mode", str, "transmitter, receiver, transceiver or pair"),
     ),
 }
+
+
+# the secrets each type has, read by --pin-file / --password-file
+SECRET_FIELDS_OF_TYPE = {"gsm": ["pin"], "smpp": ["password"]}
 
 
 @contextlib.contextmanager
@@ -70,6 +111,7 @@ def register(commands: Any) -> None:
             typed.add_argument(
                 option.flag, dest=option.field, type=option.kind, help=option.help, required=option.required
             )
+        _add_secret_flags(typed, SECRET_FIELDS_OF_TYPE.get(channel_type, []))
         _add_common_options(typed)
         typed.set_defaults(handler=run_add, options=TYPE_OPTIONS.get(channel_type, ()))
     verbs.add_parser("list", help="every channel, enabled or not").set_defaults(handler=run_list)
@@ -80,11 +122,12 @@ def register(commands: Any) -> None:
     change.add_argument("name")
     change.add_argument(
         "assignments",
-        nargs="+",
+        nargs="*",
         metavar="FIELD=VALUE",
         type=assignment,
         help="a JSON value or plain text; FIELD= (empty) restores the default",
     )
+    _add_secret_flags(change, list(SECRET_FLAGS))
     change.set_defaults(handler=run_set)
     for verb, help_text in (
         ("enable", "start sending through it"),
@@ -121,6 +164,11 @@ def assignment(text: str) -> tuple[str, Any]:
     field, separator, value = text.partition("=")
     if not separator or not field:
         raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE")
+    if field in SECRET_FLAGS and value:
+        # the value is not repeated: it is a secret already exposed once
+        raise argparse.ArgumentTypeError(
+            f"{field} is a secret: give it with {SECRET_FLAGS[field]} FILE (or - for stdin), not on the command line"
+        )
     if value == "":
         return field, None
     try:
@@ -140,7 +188,8 @@ def positive_seconds(text: str) -> timedelta:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    settings = {o.field: getattr(args, o.field) for o in args.options if getattr(args, o.field) is not None}
+    fields = [o.field for o in args.options] + SECRET_FIELDS_OF_TYPE.get(args.type, [])
+    settings = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
     settings.update({field: value for field, value in args.assignments if value is not None})
     with connection() as conn:
         channel = channels.add_channel(
@@ -175,15 +224,18 @@ def run_show(args: argparse.Namespace) -> int:
         row = channels.get_channel(conn, args.name)
     for field in ("name", "type", "enabled", "report_timeout", "max_rate", "daily_limit", "created_at", "updated_at"):
         print(f"{field:15} {'-' if row[field] is None else row[field]}")
-    secrets = {"pin", "password"}
-    for field, value in sorted(row["settings"].items()):
-        print(f"settings.{field:6} {'***' if field in secrets else json.dumps(value)}")
+    for field, value in sorted(channels.masked_settings(row["settings"]).items()):
+        print(f"settings.{field:6} {value if field in channels.SECRET_SETTINGS else json.dumps(value)}")
     return 0
 
 
 def run_set(args: argparse.Namespace) -> int:
+    changes = dict(args.assignments)
+    changes.update({field: getattr(args, field) for field in SECRET_FLAGS if getattr(args, field) is not None})
+    if not changes:
+        raise SmsbusError("nothing to change: give FIELD=VALUE or a secret's file")
     with connection() as conn:
-        channels.change_settings(conn, args.name, dict(args.assignments))
+        channels.change_settings(conn, args.name, changes)
         print(f"changed channel {args.name!r}")
         follow_in_supervisor(conn)
     return 0
@@ -202,15 +254,10 @@ def run_toggle(args: argparse.Namespace) -> int:
 
 def follow_in_supervisor(conn: psycopg.Connection[Any]) -> None:
     """The programs follow the table now when smsbus is up; otherwise at `smsbus up`."""
-    settings = config.load()
-    supervisor = Supervisor(settings)
-    if not supervisor.is_running():
+    changes = channels.follow_in_supervisor(config.load(), conn)
+    if changes is None:
         print("smsbus is not running: the channel programs follow at `smsbus up`")
         return
-    try:
-        changes = supervisor.sync_channels(settings, channels.enabled_programs(conn))
-    except OSError as e:
-        raise SmsbusError(f"supervisord did not take the change: {e}") from None
     for verb, programs in changes.items():
         for program in programs:
             print(f"{verb} program {program}")

@@ -28,7 +28,7 @@ def register(commands: Any) -> None:
         "url", help="the database URL the services use (a password in it is left out)"
     ).set_defaults(handler=run_url)
     psql = verbs.add_parser("psql", help="psql connected as the services' role")
-    psql.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on to psql")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- ARGS", help="passed on to psql")
     psql.set_defaults(handler=run_psql)
 
 
@@ -64,4 +64,5 @@ def run_psql(args: argparse.Namespace) -> int:
     if psql is None:
         raise SmsbusError("psql not found (install the PostgreSQL client)")
     env = dict(os.environ) if password is None else dict(os.environ, PGPASSWORD=password)
-    os.execve(psql, [psql, conninfo, *args.psql_args], env)
+    passed = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
+    os.execve(psql, [psql, conninfo, *passed], env)

@@ -21,7 +21,7 @@ from smsbus.config import CONFIG_ENV, Settings, config_file
 from smsbus.embedded_pg import EmbeddedPostgres
 from smsbus.errors import NotRunning, SmsbusError
 from smsbus.migrate import migrate
-from smsbus.privileges import ensure_service_user, open_path_to, started_as_root
+from smsbus.privileges import can_read, ensure_service_user, open_path_to, started_as_root
 from smsbus.supervisor import POSTGRES_PROGRAM, Supervisor, start
 
 EXIT_SOME_NOT_RUNNING = 1
@@ -53,7 +53,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         supervisor.wait_running()
         _prepare_database(settings)
-        _create_first_admin(settings)
+        create_first_admin(settings)
         _add_channel_programs(settings, supervisor)
         started = supervisor.start_stopped(exclude={POSTGRES_PROGRAM})
         print(f"smsbus is up: {', '.join(started) or 'no services'} started;"
@@ -77,6 +77,11 @@ def _prepare_service_user(settings: Settings, opened: list[Path]) -> None:
     needed = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable))]
     path = config_file()
     if path is not None:
+        if not can_read(user, path):
+            raise SmsbusError(
+                f"the services' user {user.pw_name} cannot read {path}:"
+                f" chgrp {user.pw_name} {path} && chmod g+r {path}"
+            )
         needed.append(path)
     for folder in opened + [f for p in needed for f in open_path_to(user, p)]:
         print(f"made {folder} passable (o+x, not listable) for the services' user {user.pw_name}")
@@ -103,9 +108,10 @@ FIRST_ADMIN = "admin"
 FIRST_ADMIN_PASSWORD_FILE = "admin-password"
 
 
-def _create_first_admin(settings: Settings) -> None:
+def create_first_admin(settings: Settings) -> None:
     """On the first start (no user at all): `admin` with a random one-time password, printed
-    once and kept in <data_dir>/admin-password (0600) for whoever missed the terminal."""
+    once on a terminal and kept in <data_dir>/admin-password (0600) for whoever missed it.
+    Not a terminal (systemd's journal, a CI log): only where the file is, never the password."""
     with db.connect(settings.resolved_database_url(), application="smsbus-cli") as conn:
         if access.has_users(conn):
             return
@@ -116,8 +122,9 @@ def _create_first_admin(settings: Settings) -> None:
         with os.fdopen(descriptor, "w") as file:
             file.write(password + "\n")
         conn.commit()
-    print(f"created user {FIRST_ADMIN} with one-time password {password}"
-          f" (also in {path}; change it with `smsbus users passwd {FIRST_ADMIN}`)")
+    on_terminal = sys.stdout.isatty()
+    shown = f"one-time password {password} (also in {path})" if on_terminal else f"its one-time password in {path}"
+    print(f"created user {FIRST_ADMIN} with {shown}; change it with `smsbus users passwd {FIRST_ADMIN}`")
 
 
 def _add_channel_programs(settings: Settings, supervisor: Supervisor) -> None:

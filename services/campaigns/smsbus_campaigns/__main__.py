@@ -1,0 +1,3 @@
+from smsbus_campaigns.campaigns import main
+
+main()
