@@ -21,7 +21,7 @@ from smsbus.channel_settings import GsmSettings, validate_settings
 from smsbus.config import Settings
 from smsbus.db import translate_refusal
 from smsbus.errors import SmsbusError
-from smsbus.secret_files import SECRET_FIELDS, SECRETS_FOLDER, keep_secrets_apart
+from smsbus.secret_files import SECRETS_FOLDER, keep_secrets_apart, without_replaced_files
 from smsbus.supervisor import ChannelProgram, Supervisor
 
 # supervisord's wait after SIGTERM for a channel type with nothing longer to finish
@@ -108,9 +108,8 @@ def change_settings(
     inline secret replaces the saved one's file."""
     with conn.transaction():
         channel = get_channel(conn, name)
-        saved = {k: v for k, v in channel["settings"].items()
-                 if not (k in SECRET_FIELDS.values() and _inline_of(k) in changes)}
-        merged = {k: v for k, v in {**saved, **changes}.items() if v is not None}
+        merged = without_replaced_files(
+            {k: v for k, v in {**channel["settings"], **changes}.items() if v is not None})
         validate_settings(channel["type"], merged)
         kept = keep_secrets_apart(merged, name, secrets_folder or default_secrets_folder())
         return _one(conn, SET_SETTINGS, {"name": name, "settings": Jsonb(kept)}, name)
@@ -119,9 +118,6 @@ def change_settings(
 def default_secrets_folder() -> Path:
     return config.load().data_path / SECRETS_FOLDER
 
-
-def _inline_of(file_setting: str) -> str:
-    return next(inline for inline, file in SECRET_FIELDS.items() if file == file_setting)
 
 
 def replace_channel(
@@ -137,6 +133,7 @@ def replace_channel(
     """Every editable column at once (the Manager's edit form), validated as `add_channel` does."""
     with conn.transaction():
         channel = get_channel(conn, name)
+        settings = without_replaced_files(settings)
         validate_settings(channel["type"], settings)
         kept = keep_secrets_apart(settings, name, default_secrets_folder())
         params = {

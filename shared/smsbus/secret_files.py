@@ -50,6 +50,13 @@ def write_secret(folder: Path, channel: str, setting: str, value: str) -> Path:
     return path
 
 
+def without_replaced_files(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings without the file of a secret given inline again (a new password replaces
+    the saved one's file)."""
+    return {k: v for k, v in settings.items()
+            if not any(k == file_setting and settings.get(inline) for inline, file_setting in SECRET_FIELDS.items())}
+
+
 def keep_secrets_apart(settings: Mapping[str, Any], channel: str, folder: Path) -> dict[str, Any]:
     """The settings with every inline secret written to its file and replaced by the path."""
     kept = dict(settings)
