@@ -124,7 +124,8 @@ def test_gsm_nul_bearing_messages_are_received_the_sim_emptied_and_sending_goes_
     modem.call("deliver_raw", pdu=gsm_deliver("+31622222222", "ab", data_coding=0x04))  # 00 61 00 62: NULs
     modem.call("deliver", sender="ABCDEFGHIJKL", text="twelve characters")
     outgoing = gsm.queue_message(conn, "still sending")
-    ucs2, binary, alphanumeric = wait_for(lambda: incoming_rows(conn, 3), what="3 incoming rows")
+    rows = {r["from_address"]: r for r in wait_for(lambda: incoming_rows(conn, 3), what="3 incoming rows")}
+    ucs2, binary, alphanumeric = rows["+31611111111"], rows["+31622222222"], rows["unknown"]
     assert ucs2["body"] == "nul\ufffd" and ucs2["properties"]["user_data"] == "006e0075006c0000"
     assert binary["body"] == "\ufffda\ufffdb" and binary["properties"]["encoding"] == "latin1"
     assert alphanumeric["from_address"] == "unknown" and alphanumeric["properties"]["sender"] == "ABCDEFGHIJKL"
