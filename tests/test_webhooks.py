@@ -217,16 +217,40 @@ def test_500_slow_and_unreachable_receivers_are_retried_or_given_up_with_credent
     assert "url=http://***@127.0.0.1" in webhooks.log()
 
 
+def test_a_slow_receiver_holds_one_request_not_the_other_messages_callbacks(
+    conn: Conn, receiver: CallbackServer, broker: ServiceProcess, start_services: StartServices
+) -> None:
+    start_services("webhooks", request_timeout_s="3", lease_s="7", stop_within_s=4, **FAST_RETRIES)
+    receiver.control(delay_s=2, delay_path="/slow")
+    slow, fast = add_message(conn, receiver.url + "/slow"), add_message(conn, receiver.url + "/fast")
+    move(conn, slow, *LIFE)
+    move(conn, fast, *LIFE)
+
+    # the fast receiver's three callbacks (three rounds: in order) come while the slow one
+    # still holds its first
+    fast_calls = wait_for(lambda: len(by_path(receiver, "/fast")) == 3 and by_path(receiver, "/fast"),
+                          timeout_s=1.5, what="the fast receiver's callbacks")
+    assert not by_path(receiver, "/slow")
+    assert [json.loads(r["body"])["status"] for r in fast_calls] == list(LIFE)
+    receiver.control(delay_s=0)
+    wait_for(lambda: outbox_empty(conn), what="outbox empty")
+    assert [json.loads(r["body"])["status"] for r in by_path(receiver, "/slow")] == list(LIFE)
+
+
+def by_path(receiver: CallbackServer, path: str) -> list[dict[str, Any]]:
+    return [r for r in receiver.requests() if r["path"] == path]
+
+
 def test_kill_9_mid_delivery_loses_nothing_and_keeps_each_messages_order(
     conn: Conn, receiver: CallbackServer, broker: ServiceProcess, service_env: dict[str, str], tmp_path: Path,
 ) -> None:
-    settings = {"request_timeout_s": "1", "lease_s": "1.5", **FAST_RETRIES}
+    settings = {"request_timeout_s": "0.7", "lease_s": "1.5", **FAST_RETRIES}
     env = {**service_env, "SMSBUS_WEBHOOKS_METRICS_PORT": "0",
            **{f"SMSBUS_WEBHOOKS_{k.upper()}": v for k, v in settings.items()}}
     first = start_service(["smsbus-webhooks"], env, tmp_path / "webhooks-killed.log")
     first.wait_for_log("database connected")
     key = add_key(conn)
-    receiver.control(delay_s=0.6)
+    receiver.control(delay_s=0.4)
     messages = [add_message(conn, receiver.url + "/cb", key) for _ in range(4)]
     for message_id in messages:
         move(conn, message_id, *LIFE)
@@ -306,16 +330,14 @@ def test_messages_sent_over_http_are_called_back_through_router_channel_and_simu
         assert posted.status_code == 201, posted.text
         assert (kannel.status_code, jasmin.status_code) == (202, 200), (kannel.text, jasmin.text)
 
-        def by_path(path: str) -> list[dict[str, Any]]:
-            return [r for r in receiver.requests() if r["path"] == path]
-
-        wait_for(lambda: len(by_path("/v1")) == 3 and len(by_path("/kannel")) == 2 and len(by_path("/jasmin")) == 2,
-                 what="every callback")
-        payloads = [verified(r, key.callback_secret) for r in by_path("/v1")]
+        expected = {"/v1": 3, "/kannel": 2, "/jasmin": 2}
+        wait_for(lambda: all(len(by_path(receiver, path)) == n for path, n in expected.items()), what="every callback")
+        payloads = [verified(r, key.callback_secret) for r in by_path(receiver, "/v1")]
         assert [p["status"] for p in payloads] == ["SENDING", "SENT", "DELIVERED"]
         assert all(p["channel"] == "sim" for p in payloads) and payloads[2]["provider_id"]
-        assert [r["query"]["type"] for r in by_path("/kannel")] == [["8"], ["1"]]
-        assert [parse_qs(r["body"])["message_status"] for r in by_path("/jasmin")] == [["ESME_ROK"], ["DELIVRD"]]
+        assert [r["query"]["type"] for r in by_path(receiver, "/kannel")] == [["8"], ["1"]]
+        jasmin_statuses = [parse_qs(r["body"])["message_status"] for r in by_path(receiver, "/jasmin")]
+        assert jasmin_statuses == [["ESME_ROK"], ["DELIVRD"]]
         wait_for(lambda: outbox_empty(conn), what="outbox empty")
     finally:
         if channel is not None:

@@ -198,5 +198,5 @@ def test_a_denied_network_is_never_connected_to_and_given_up(url: str) -> None:
 def test_settings_refuse_a_bad_network_and_a_lease_no_longer_than_the_timeout() -> None:
     with pytest.raises(ConfigError, match=r"webhooks\.denied_networks: not a network"):
         check_settings(WebhooksSettings(denied_networks=("10.0.0.0/33",)))
-    with pytest.raises(ConfigError, match=r"webhooks\.lease_s: must be longer than request_timeout_s"):
-        check_settings(WebhooksSettings(lease_s=5, request_timeout_s=10))
+    with pytest.raises(ConfigError, match=r"webhooks\.lease_s: must be longer than twice request_timeout_s \(20\)"):
+        check_settings(WebhooksSettings(lease_s=15, request_timeout_s=10))

@@ -2,7 +2,7 @@
 
 Every request (except to /_control) is appended to a JSON-lines log: method, path, query,
 headers, body, arrival time. POST /_control with JSON {"status": 500, "delay_s": 2,
-"reply": "ACK/Jasmin"} changes how it answers from then on. Run:
+"delay_path": "/slow", "reply": "ACK/Jasmin"} changes how it answers from then on. Run:
 
     python -m tests.peers.callback_server --port 18080 --log requests.jsonl
 """
@@ -29,6 +29,8 @@ class Behaviour:
         self.lock = threading.Lock()
         self.status = 200
         self.delay_s = 0.0
+        # the delay holds only the requests to this path ("": every request)
+        self.delay_path = ""
         self.reply = "ok"
 
 
@@ -59,6 +61,7 @@ def serve(port: int, log_path: Path) -> None:
                     behaviour.status = int(changes.get("status", behaviour.status))
                     behaviour.delay_s = float(changes.get("delay_s", behaviour.delay_s))
                     behaviour.reply = str(changes.get("reply", behaviour.reply))
+                    behaviour.delay_path = str(changes.get("delay_path", behaviour.delay_path))
                 self.answer(200, "ok")
                 return
             record = {
@@ -68,7 +71,8 @@ def serve(port: int, log_path: Path) -> None:
             }
             with behaviour.lock:
                 status, delay_s, reply = behaviour.status, behaviour.delay_s, behaviour.reply
-            if delay_s:
+                delay_path = behaviour.delay_path
+            if delay_s and parts.path.startswith(delay_path):
                 time.sleep(delay_s)
             record["answered"] = status
             with log_lock:
