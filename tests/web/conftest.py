@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -89,7 +90,7 @@ class WebStack:
         return psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
 
     def log_in(self, page: Page, role: str, then: str = "/") -> None:
-        page.goto(f"{self.url}/login?next={then}")
+        page.goto(f"{self.url}/login?next={quote(then, safe='')}")
         page.get_by_label("User name").fill(role)
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Log in").click()

@@ -105,10 +105,11 @@ class Client:
         elif self.task is not None:
             self.task.cancel()
 
-    def wants(self, event: Event) -> bool:
-        if event.kind == "message":
-            return event.message_id in self.messages
-        return event.topic.startswith(self.topics)
+
+def topic_prefixes(topic: str) -> list[str]:
+    """The filters a topic matches, whole dotted parts: config.bench -> config, config.bench."""
+    parts = topic.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 class EventHub:
@@ -120,6 +121,9 @@ class EventHub:
         self.resume_window_s = resume_window_s
         self.queue_size = queue_size
         self.clients: set[Client] = set()
+        # who wants what, so that an event costs its own readers only, not every client
+        self.by_topic: collections.defaultdict[str, set[Client]] = collections.defaultdict(set)
+        self.by_message: collections.defaultdict[int, set[Client]] = collections.defaultdict(set)
         self.recent: collections.deque[Event] = collections.deque(maxlen=MAX_REMEMBERED_EVENTS)
         self.last_id = 0
         self.known: dict[int, MessageState] = {}
@@ -184,9 +188,16 @@ class EventHub:
         horizon = event.at - self.resume_window_s
         while self.recent and self.recent[0].at < horizon:
             self.recent.popleft()
-        for client in self.clients:
-            if client.wants(event):
-                self.deliver(client, event)
+        for client in self.readers(event):
+            self.deliver(client, event)
+
+    def readers(self, event: Event) -> set[Client]:
+        if event.kind == "message":
+            return set(self.by_message.get(event.message_id, ()))
+        found: set[Client] = set()
+        for prefix in topic_prefixes(event.topic):
+            found.update(self.by_topic.get(prefix, ()))
+        return found
 
     def deliver(self, client: Client, event: Event) -> None:
         if client.dropped:
@@ -206,19 +217,29 @@ class EventHub:
             return []
         if not self.recent or self.recent[0].id > last_event_id + 1:
             return None
-        return [e for e in self.recent if e.id > last_event_id and client.wants(e)]
+        return [e for e in self.recent if e.id > last_event_id and client in self.readers(e)]
 
     def attach(self, client: Client) -> None:
         self.clients.add(client)
+        for topic in client.topics:
+            self.by_topic[topic].add(client)
+        for message_id in client.messages:
+            self.by_message[message_id].add(client)
         self.watched.update(client.messages)
         CLIENTS.set(len(self.clients))
 
     def detach(self, client: Client) -> None:
         self.clients.discard(client)
+        for topic in client.topics:
+            self.by_topic[topic].discard(client)
+            if not self.by_topic[topic]:
+                del self.by_topic[topic]
         self.watched.subtract(client.messages)
         for message_id in client.messages:
+            self.by_message[message_id].discard(client)
             if self.watched[message_id] <= 0:
                 del self.watched[message_id]
+                del self.by_message[message_id]
                 self.known.pop(message_id, None)
         CLIENTS.set(len(self.clients))
 
@@ -269,7 +290,7 @@ def parse_ids(text: str | None) -> frozenset[int]:
 async def events(
     request: Request[Any, Any, Any],
     topics: Annotated[str | None, Parameter(
-        description="comma-separated topic prefixes (default: all)", max_length=1000)] = None,
+        description="comma-separated topics, each with those below it (default: all)", max_length=1000)] = None,
     messages: Annotated[str | None, Parameter(
         description="comma-separated message ids whose status changes to send", max_length=20_000)] = None,
     last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", required=False, max_length=20)] = None,

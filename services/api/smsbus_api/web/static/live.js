@@ -38,7 +38,8 @@
     source.addEventListener("open", () => { document.body.dataset.live = "connected"; });
     source.addEventListener("error", () => { document.body.dataset.live = "reconnecting"; });
     source.addEventListener("message", schedule);
-    for (const topic of ["status", "nonstatus", "config", "health"]) source.addEventListener(topic, schedule);
+    // the api sends "notification" for every bus wake-up (status, config.*, health.*)
+    for (const kind of ["notification", "reset"]) source.addEventListener(kind, schedule);
     setInterval(schedule, POLL_MS);
     // parts that change without a bus event (health reports age, supervisord states) ask
     // more often: data-live-every="3000"
