@@ -30,7 +30,6 @@ NAVIGATION = (
     ("messages", "Messages", "/manager/messages", "operator"),
     ("channels", "Channels", "/manager/channels", "operator"),
     ("rules", "Rules", "/manager/rules", "operator"),
-    ("triggers", "Triggers", "/manager/triggers", "operator"),
     ("users", "Users & keys", "/manager/users", "admin"),
 )
 
