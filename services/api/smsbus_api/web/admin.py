@@ -4,6 +4,7 @@ through smsbus.access, the CLI's code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -69,17 +70,23 @@ async def add_user(
     return see_other("/manager/users?" + urlencode({"done": f"Added user {data.name.strip()} ({data.role})."}))
 
 
-@post("/manager/users/{name:str}/disable", opt=scope("admin"), include_in_schema=False)
-async def disable_user(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def change_by_name(request: Request[Any, Any, Any], change: Callable[[Any, str], None], name: str,
+                         done: str) -> Response[Any]:
+    """Disable a user or revoke a key: one call of smsbus.access, then the page with a notice."""
     await viewer(request, "admin")
     db = request.app.state.db
 
-    def disable() -> None:
+    def work() -> None:
         with db.transaction() as conn:
-            access.disable_user(conn, name)
+            change(conn, name)
 
-    await db.in_thread(disable)()
-    return see_other("/manager/users?" + urlencode({"done": f"Disabled user {name}; their sessions ended."}))
+    await db.in_thread(work)()
+    return see_other("/manager/users?" + urlencode({"done": done}))
+
+
+@post("/manager/users/{name:str}/disable", opt=scope("admin"), include_in_schema=False)
+async def disable_user(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+    return await change_by_name(request, access.disable_user, name, f"Disabled user {name}; their sessions ended.")
 
 
 @post("/manager/keys", opt=scope("admin"), include_in_schema=False)
@@ -105,15 +112,7 @@ async def create_key(
 
 @post("/manager/keys/{name:str}/revoke", opt=scope("admin"), include_in_schema=False)
 async def revoke_key(request: Request[Any, Any, Any], name: str) -> Response[Any]:
-    await viewer(request, "admin")
-    db = request.app.state.db
-
-    def revoke() -> None:
-        with db.transaction() as conn:
-            access.revoke_api_key(conn, name)
-
-    await db.in_thread(revoke)()
-    return see_other("/manager/users?" + urlencode({"done": f"Revoked API key {name}."}))
+    return await change_by_name(request, access.revoke_api_key, name, f"Revoked API key {name}.")
 
 
 ROUTES = [show_users, add_user, disable_user, create_key, revoke_key]
