@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/gsm.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/web.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/campaigns.py
 

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from smsbus.embedded_pg import SUPERUSER, EmbeddedPostgres
 from smsbus.migrate import migrate
 from tests.peers.processes import ServiceProcess, service_environment, start_service
+from tests.peers.smsc import Smsc, start_smsc
 
 # the CLI-in-process and supervisord fixtures
 pytest_plugins = ["tests.peers.cli", "tests.peers.api"]
@@ -132,3 +133,10 @@ def start_services(service_env: dict[str, str], tmp_path: Path) -> Iterator[Star
         assert code == 0, process.log()
         assert seconds < stop_within_s, f"took {seconds:.1f} s to stop"
 
+
+@pytest.fixture
+def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
+    """The SMSC simulator as a process of this test's own."""
+    simulator = start_smsc(service_env, tmp_path)
+    yield simulator
+    simulator.stop()

@@ -116,7 +116,8 @@ def test_channels_rules_and_triggers_are_configured_as_the_cli_does(api: Api) ->
         added = client.post("/v1/channels", json=smpp)
         assert added.status_code == 201, added.text
         assert added.json()["programs"] is None  # smsbus is not running under supervisord here
-        assert added.json()["channel"]["settings"]["password"] == "***"
+        # the password went into a file of its own (smsbus.secret_files): only its path is kept
+        assert "password_file" in added.json()["channel"]["settings"] and "s3cret" not in added.text
         bad = client.post("/v1/channels", json={**smpp, "name": "other", "settings": {"host": "x", "port": "no"}})
         assert bad.status_code == 422 and "port" in bad.json()["detail"], bad.text
         assert client.post("/v1/channels/kpn/disable").json()["channel"]["enabled"] is False

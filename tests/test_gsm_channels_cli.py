@@ -35,7 +35,9 @@ def test_add_validates_settings_naming_the_field_and_saves_nothing_bad(
     assert conn.execute("SELECT count(*) AS n FROM channels").fetchone() == {"n": 0}
 
 
-def test_add_list_show_set_disable_enable_remove(smsbus: Callable[..., Result], conn: Conn, tmp_path: Path) -> None:
+def test_add_list_show_set_disable_enable_remove(
+    smsbus: Callable[..., Result], cli_env: dict[str, str], conn: Conn, tmp_path: Path
+) -> None:
     added = smsbus(
         "channels",
         "add",
@@ -57,12 +59,15 @@ def test_add_list_show_set_disable_enable_remove(smsbus: Callable[..., Result], 
     assert added.returncode == 0, added.stderr
     assert "added gsm channel 'modem1'" in added.stdout and "follow at `smsbus up`" in added.stdout
     row = conn.execute("SELECT * FROM channels WHERE name = 'modem1'").fetchone()
+    # the PIN moved into a file of its own (0600): the table holds only its path
+    pin_file = Path(cli_env["SMSBUS_DATA_DIR"]) / "secrets" / "modem1.pin"
     assert row["settings"] == {
         "device": "/dev/ttyUSB0",
-        "pin": "1234",
+        "pin_file": str(pin_file),
         "smsc": "+31653131313",
         "request_reports": False,
     }
+    assert pin_file.read_text() == "1234\n" and pin_file.stat().st_mode & 0o777 == 0o600
     assert row["report_timeout"].total_seconds() == 3600 and row["max_rate"] == 2
 
     again = smsbus("channels", "add", "gsm", "modem1", "--device", "/dev/ttyUSB1")
@@ -70,7 +75,7 @@ def test_add_list_show_set_disable_enable_remove(smsbus: Callable[..., Result], 
     listed = smsbus("channels", "list").stdout
     assert "modem1" in listed and "gsm" in listed and "/dev/ttyUSB0" in listed
     shown = smsbus("channels", "show", "modem1").stdout
-    assert "settings.pin    ***" in shown and "1234" not in shown
+    assert "settings.pin_file" in shown and "1234" not in shown
 
     assert smsbus("channels", "set", "modem1", "baud_rate=9600").returncode == 0
     refused = smsbus("channels", "set", "modem1", "storage=XX")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,14 @@ from smsbus.supervisor import Supervisor
 from tests.peers.cli import Result, program_states, secret_file
 from tests.peers.metrics import value
 from tests.peers.processes import free_port
-from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc
 from tests.test_smpp import send, wait_for, wait_status
 
 Conn = psycopg.Connection[dict[str, Any]]
 
 
-@pytest.fixture
-def smsc(service_env: dict[str, str], tmp_path: Path) -> Iterator[Smsc]:
-    simulator = start_smsc(service_env, tmp_path)
-    yield simulator
-    simulator.stop()
-
-
 def test_smpp_settings_are_validated_on_save_naming_the_field(
-    smsbus: Callable[..., Result], conn: Conn, tmp_path: Path
+    smsbus: Callable[..., Result], cli_env: dict[str, str], conn: Conn, tmp_path: Path
 ) -> None:
     base = ("channels", "add", "smpp", "kpn", "--host", "smsc.example.net", "--system-id", "acme")
     window = smsbus(*base, "--set", "window=0")
@@ -46,12 +39,22 @@ def test_smpp_settings_are_validated_on_save_naming_the_field(
     assert no_host.returncode == 2 and "--host" in no_host.stderr
     assert conn.execute("SELECT count(*) AS n FROM channels").fetchone() == {"n": 0}
 
-    added = smsbus(*base, "--port", "2776", "--password-file", secret_file(tmp_path, "secret"), "--set", "window=20")
+    added = smsbus(*base, "--port", "2776", "--password-file", secret_file(tmp_path, "pw-x7Qz"),
+                   "--set", "window=20")
     assert added.returncode == 0, added.stderr
     row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
+    # the password moved into a file of its own (0600): the table holds only its path
+    password_file = Path(cli_env["SMSBUS_DATA_DIR"]) / "secrets" / "kpn.password"
     assert row["settings"] == {"host": "smsc.example.net", "system_id": "acme", "port": 2776,
-                               "password": "secret", "window": 20}
-    assert "settings.password ***" in smsbus("channels", "show", "kpn").stdout.replace("  ", " ")
+                               "password_file": str(password_file), "window": 20}
+    assert password_file.read_text() == "pw-x7Qz\n" and password_file.stat().st_mode & 0o777 == 0o600
+    assert password_file.parent.stat().st_mode & 0o777 == 0o700
+    assert "pw-x7Qz" not in smsbus("channels", "show", "kpn").stdout
+    # a new password replaces the file's, the table still holds only the path
+    assert smsbus("channels", "set", "kpn", "--password-file", secret_file(tmp_path, "other")).returncode == 0
+    row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
+    assert row["settings"]["password_file"] == str(password_file) and "password" not in row["settings"]
+    assert password_file.read_text() == "other\n"
 
 
 def test_the_smpp_program_follows_the_table_under_supervisord(
@@ -102,6 +105,7 @@ def test_secrets_come_from_a_file_or_stdin_never_from_the_command_line(
     refused = smsbus("channels", "set", "kpn", "password=n3wer")
     assert refused.returncode == 2 and "n3wer" not in refused.stderr
     row = conn.execute("SELECT settings FROM channels WHERE name = 'kpn'").fetchone()
-    assert row["settings"]["password"] == "n3w"
+    # kept in its own file (smsbus.secret_files), the table holds the path
+    assert "password" not in row["settings"] and Path(row["settings"]["password_file"]).read_text() == "n3w\n"
     shown = smsbus("channels", "show", "kpn")
-    assert "n3w" not in shown.stdout + shown.stderr and "***" in shown.stdout
+    assert "n3w" not in shown.stdout + shown.stderr and "settings.password_file" in shown.stdout

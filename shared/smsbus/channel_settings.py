@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -21,8 +22,12 @@ from smsbus import log as log_setup
 from smsbus.backoff import Backoff
 from smsbus.config import OptionalPort, Port, Seconds, Settings
 from smsbus.errors import ConfigError
+from smsbus.secret_files import read_secret
 
 Octet = Annotated[int, msgspec.Meta(ge=0, le=255)]
+PIN_PATTERN = r"^[0-9]{4,8}$"
+# SMPP 3.4 bind: password is a C-Octet String of at most 9 octets with its NUL
+MAX_PASSWORD_CHARACTERS = 8
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 ErrorClass = Literal["permanent", "temporary", "throttling"]
 EncodingName = Literal["gsm7", "latin1", "ucs2"]
@@ -33,7 +38,12 @@ class SmppSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     system_id: Annotated[str, msgspec.Meta(min_length=1, max_length=15)]
     port: Port = 2775
     tls: bool = False
-    password: Annotated[str, msgspec.Meta(max_length=8)] = ""
+    # a PEM file of the CA(s) that signed the SMSC's certificate; empty: the system's CAs
+    tls_ca_file: str = ""
+    # the bind password: better in a file of its own (0600) than inline, which saving moves
+    # into one (smsbus.secret_files)
+    password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_CHARACTERS)] = ""
+    password_file: str = ""
     system_type: Annotated[str, msgspec.Meta(max_length=12)] = ""
     # "pair": a transmitter and a receiver bind side by side
     bind_mode: Literal["transmitter", "receiver", "transceiver", "pair"] = "transceiver"
@@ -87,6 +97,20 @@ class SmppSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(f"error_classes: {code!r} is not a command_status number") from None
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be at least reconnect_initial_s")
+        if self.password and self.password_file:
+            raise ValueError("password and password_file: give one of them")
+        if self.tls_ca_file and not self.tls:
+            raise ValueError("tls_ca_file is set but tls is off")
+
+    def bind_password(self) -> str:
+        """The password, read from password_file at each bind (a changed file is used at the
+        next reconnection); ConfigError names the setting, never the value."""
+        if not self.password_file:
+            return self.password
+        password = read_secret(self.password_file, "password_file")
+        if len(password) > MAX_PASSWORD_CHARACTERS:
+            raise ConfigError("password_file", f"the file holds more than {MAX_PASSWORD_CHARACTERS} characters")
+        return password
 
 
 # the rates a serial port driver offers; anything else is a typo
@@ -100,8 +124,10 @@ class GsmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the serial device; a stable name such as /dev/serial/by-id/... survives replugging
     device: Annotated[str, msgspec.Meta(min_length=1)]
     baud_rate: int = 115200
-    # the SIM PIN, entered when the modem asks for it (AT+CPIN)
-    pin: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4,8}$")] | None = None
+    # the SIM PIN, entered when the modem asks for it (AT+CPIN): better in a file of its own
+    # (0600) than inline, which saving moves into one (smsbus.secret_files)
+    pin: Annotated[str, msgspec.Meta(pattern=PIN_PATTERN)] | None = None
+    pin_file: str = ""
     # the SMS centre (AT+CSCA); empty: the one stored on the SIM
     smsc: Annotated[str, msgspec.Meta(pattern=r"^(\+?[0-9]{3,20})?$")] = ""
     # where incoming messages and reports are kept and read (AT+CPMS)
@@ -137,6 +163,18 @@ class GsmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("encodings must name at least one alphabet")
         if self.reopen_max_s < self.reopen_initial_s:
             raise ValueError("reopen_max_s must be at least reopen_initial_s")
+        if self.pin and self.pin_file:
+            raise ValueError("pin and pin_file: give one of them")
+
+    def sim_pin(self) -> str | None:
+        """The PIN, read from pin_file when it is set; ConfigError names the setting, never
+        the value."""
+        if not self.pin_file:
+            return self.pin
+        pin = read_secret(self.pin_file, "pin_file")
+        if re.fullmatch(PIN_PATTERN, pin) is None:
+            raise ConfigError("pin_file", "the file does not hold a PIN of 4 to 8 digits")
+        return pin
 
 
 # each channel type adds its Struct here
@@ -201,6 +239,11 @@ def load_channel(
         raise ConfigError("--channel", f"channel {name!r} is of type {row['type']}, not {channel_type}")
     settings = validate_settings(channel_type, row["settings"])  # type: ignore[arg-type]
     assert isinstance(settings, settings_type)
+    # a secret file that cannot be read is bad configuration: exit now, naming the setting
+    if isinstance(settings, SmppSettings):
+        settings.bind_password()
+    else:
+        settings.sim_pin()
     max_rate: float | None = row["max_rate"]  # type: ignore[assignment]
     report_timeout: timedelta = row["report_timeout"]  # type: ignore[assignment]
     return ChannelRow(name, settings, max_rate, report_timeout)

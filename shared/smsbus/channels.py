@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
+from smsbus import config
 from smsbus.channel_settings import GsmSettings, validate_settings
 from smsbus.config import Settings
 from smsbus.db import translate_refusal
 from smsbus.errors import SmsbusError
+from smsbus.secret_files import SECRETS_FOLDER, keep_secrets_apart, without_replaced_files
 from smsbus.supervisor import ChannelProgram, Supervisor
 
 # supervisord's wait after SIGTERM for a channel type with nothing longer to finish
@@ -60,14 +63,16 @@ def add_channel(
     report_timeout: timedelta | None = None,
     max_rate: float | None = None,
     daily_limit: int | None = None,
+    secrets_folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Validated, then saved; ConfigError names a bad setting, InvalidMessage a refused column."""
+    """Validated, then saved, an inline secret moved to its file first (smsbus.secret_files);
+    ConfigError names a bad setting, InvalidMessage a refused column."""
     validate_settings(channel_type, settings)
     params = {
         "name": name,
         "type": channel_type,
         "enabled": enabled,
-        "settings": Jsonb(settings),
+        "settings": Jsonb(keep_secrets_apart(settings, name, secrets_folder or default_secrets_folder())),
         "report_timeout": report_timeout or timedelta(hours=48),
         "max_rate": max_rate,
         "daily_limit": daily_limit,
@@ -96,13 +101,23 @@ def set_enabled(conn: psycopg.Connection[Any], name: str, enabled: bool) -> dict
         return _one(conn, SET_ENABLED, {"name": name, "enabled": enabled}, name)
 
 
-def change_settings(conn: psycopg.Connection[Any], name: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """Merge `changes` into the saved settings (None removes a key: its default applies)."""
+def change_settings(
+    conn: psycopg.Connection[Any], name: str, changes: dict[str, Any], secrets_folder: Path | None = None
+) -> dict[str, Any]:
+    """Merge `changes` into the saved settings (None removes a key: its default applies); a new
+    inline secret replaces the saved one's file."""
     with conn.transaction():
         channel = get_channel(conn, name)
-        merged = {k: v for k, v in {**channel["settings"], **changes}.items() if v is not None}
+        merged = without_replaced_files(
+            {k: v for k, v in {**channel["settings"], **changes}.items() if v is not None})
         validate_settings(channel["type"], merged)
-        return _one(conn, SET_SETTINGS, {"name": name, "settings": Jsonb(merged)}, name)
+        kept = keep_secrets_apart(merged, name, secrets_folder or default_secrets_folder())
+        return _one(conn, SET_SETTINGS, {"name": name, "settings": Jsonb(kept)}, name)
+
+
+def default_secrets_folder() -> Path:
+    return config.load().data_path / SECRETS_FOLDER
+
 
 
 def replace_channel(
@@ -118,9 +133,11 @@ def replace_channel(
     """Every editable column at once (the Manager's edit form), validated as `add_channel` does."""
     with conn.transaction():
         channel = get_channel(conn, name)
+        settings = without_replaced_files(settings)
         validate_settings(channel["type"], settings)
+        kept = keep_secrets_apart(settings, name, default_secrets_folder())
         params = {
-            "name": name, "settings": Jsonb(settings), "enabled": enabled,
+            "name": name, "settings": Jsonb(kept), "enabled": enabled,
             "report_timeout": report_timeout or timedelta(hours=48), "max_rate": max_rate, "daily_limit": daily_limit,
         }
         try:

@@ -31,6 +31,9 @@ UNSOLICITED = ("+CMTI:", "+CDSI:", "RING", "+CLIP:", "+CREG:", "+CGREG:", "+CUSD
 UNSOLICITED_WITH_PDU = ("+CMT:", "+CDS:", "+CBM:")
 # a line longer than this without a line end is garbage, not a slow answer
 MAX_LINE_BYTES = 4096
+READ_BYTES = 65536
+# unsolicited codes waiting for the step; beyond this a flooding modem's codes are dropped
+MAX_UNSOLICITED = 1000
 
 GARBAGE = prometheus_client.Counter(
     "smsbus_gsm_garbage_lines_total", "Lines from the modem that were neither an answer nor a known code", ["channel"]
@@ -94,7 +97,7 @@ class AtPort:
         """Only after select() said readable: a tty in raw mode (VMIN=0) reads b"" when
         empty, so an empty read of a readable port is how a vanished device shows."""
         try:
-            data = os.read(self.fd, 65536)
+            data = os.read(self.fd, READ_BYTES)
         except BlockingIOError:
             return
         except OSError as e:
@@ -102,14 +105,17 @@ class AtPort:
         if not data:
             raise PortLost("the device reports readiness to read but returned no data (gone?)")
         self.buffer += data
+        # the buffer stays bounded: whole lines are taken before the next read, and a line
+        # that grows past MAX_LINE_BYTES without its end is garbage
+        unfinished = self.buffer.rfind(b"\n") + 1
+        if len(self.buffer) - unfinished > MAX_LINE_BYTES:
+            junk = bytes(self.buffer[unfinished:])
+            del self.buffer[unfinished:]
+            self._garbage(junk.decode("latin-1"))
 
     def _take_line(self) -> str | None:
         end = self.buffer.find(b"\n")
         if end < 0:
-            if len(self.buffer) > MAX_LINE_BYTES:
-                junk = bytes(self.buffer)
-                self.buffer.clear()
-                self._garbage(junk.decode("latin-1"))
             return None
         raw = bytes(self.buffer[:end])
         del self.buffer[: end + 1]
@@ -140,7 +146,7 @@ class AtPort:
     def _between_commands(self, line: str) -> None:
         if self.pending_pdu_for is not None:
             head, self.pending_pdu_for = self.pending_pdu_for, None
-            self.unsolicited.append(Unsolicited(head.name, head.value, line))
+            self._queue(Unsolicited(head.name, head.value, line))
         elif not self._take_unsolicited(line):
             self._garbage(line)
 
@@ -153,9 +159,15 @@ class AtPort:
                 if line.startswith(UNSOLICITED_WITH_PDU):
                     self.pending_pdu_for = code
                 else:
-                    self.unsolicited.append(code)
+                    self._queue(code)
                 return True
         return False
+
+    def _queue(self, code: Unsolicited) -> None:
+        if len(self.unsolicited) >= MAX_UNSOLICITED:
+            self._garbage(f"{code.name} dropped: {MAX_UNSOLICITED} unsolicited codes already wait")
+            return
+        self.unsolicited.append(code)
 
     def _garbage(self, line: str) -> None:
         GARBAGE.labels(self.channel).inc()

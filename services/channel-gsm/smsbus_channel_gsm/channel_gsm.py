@@ -18,24 +18,24 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
 import psycopg
 import serial  # type: ignore[import-untyped]
-from psycopg.types.json import Jsonb
 
-from smsbus import channel_health, metrics, queue
+from smsbus import channel_health, incoming, metrics, queue
 from smsbus.backoff import Backoff
 from smsbus.bus import Publisher, outgoing_topic
 from smsbus.channel_settings import ChannelRow, GsmSettings, start_channel
-from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, join_payloads, segment_text
+from smsbus.encoding import Encoding, Segments, TextNotEncodable, choose_encoding, segment_text
+from smsbus.errors import ConfigError
 from smsbus.loop import Connection, LoopSettings, Watch, run
 from smsbus.statuses import Status, check_move
 from smsbus_channel_gsm import cms_error, pdu
-from smsbus_channel_gsm.at import AtPort, CommandFailed, ModemError, Unsolicited
+from smsbus_channel_gsm.at import AtPort, CommandFailed, ModemError, ModemTimeout, Unsolicited
 
 SERVICE = "channel-gsm"
 log = logging.getLogger(SERVICE)
@@ -48,8 +48,6 @@ RECEIPT_DELIVERED = "DELIVRD"
 RECEIPT_FAILED = "UNDELIV"
 # how long a received PDU's key is remembered after it left the SIM
 RECEIVED_KEY_RETENTION = timedelta(days=7)
-# from_address of an incoming message whose sender the table's address format refuses
-UNKNOWN_SENDER = "unknown"
 # the body of a RECEIVED row kept for a PDU that did not parse
 UNDECODABLE_BODY = "(undecodable PDU: the raw PDU is in properties.pdu)"
 
@@ -169,12 +167,6 @@ ON CONFLICT DO NOTHING RETURNING pdu_key
 
 FORGET_OLD_PDUS = "DELETE FROM gsm_received_pdus WHERE received_at < now() - %(age)s"
 
-INSERT_RECEIVED = """
-INSERT INTO messages (direction, status, channel, from_address, body, properties, parts, error, received_at)
-VALUES ('in', 'RECEIVED', %(channel)s, %(from_address)s, %(body)s, %(properties)s, %(parts)s, %(error)s, now())
-RETURNING id
-"""
-
 INSERT_INCOMING_PART = """
 INSERT INTO incoming_parts (channel, from_address, reference, total, part_number, data_coding, payload)
 VALUES (%(channel)s, %(from_address)s, %(reference)s, %(total)s, %(part_number)s, %(data_coding)s, %(payload)s)
@@ -193,15 +185,18 @@ RETURNING part_number, data_coding, payload
 """
 
 # concatenated messages whose missing parts never came: stored with what did arrive
-TAKE_STALE_PARTS = """
-DELETE FROM incoming_parts p
-USING (SELECT from_address, reference, total FROM incoming_parts
-       WHERE channel = %(channel)s
-       GROUP BY from_address, reference, total
-       HAVING min(received_at) < now() - %(timeout)s) stale
-WHERE p.channel = %(channel)s AND p.from_address = stale.from_address
-  AND p.reference = stale.reference AND p.total = stale.total
-RETURNING p.from_address, p.reference, p.total, p.part_number, p.data_coding, p.payload
+SELECT_STALE_GROUPS = """
+SELECT from_address, reference, total FROM incoming_parts
+WHERE channel = %(channel)s
+GROUP BY from_address, reference, total
+HAVING min(received_at) < now() - %(timeout)s
+"""
+
+TAKE_PARTS = """
+DELETE FROM incoming_parts
+WHERE channel = %(channel)s AND from_address = %(from_address)s AND reference = %(reference)s
+  AND total = %(total)s
+RETURNING part_number, data_coding, payload
 """
 
 
@@ -333,6 +328,8 @@ class GsmChannel:
         self.rssi: int | None = None
         self.last_error = ""
         self.sim_may_hold_messages = True
+        # set by the SIM refusing the PIN: the modem is not opened again by this process
+        self.pin_refused = False
         self.recovered = False
         self.concatenation_reference = random.randrange(256)
         # a token bucket on messages (per second)
@@ -360,7 +357,7 @@ class GsmChannel:
     def next_wake(self) -> float | None:
         """The next watchdog probe, reopen attempt or rate token, on the wall clock."""
         due = min(self.next_health_at, self.next_sweep_at)
-        if self.modem is None:
+        if self.modem is None and not self.pin_refused:
             due = min(due, self.next_open_at)
         if self.rate is not None and self.tokens < 1:
             due = min(due, self.tokens_at + (1 - self.tokens) / self.rate)
@@ -372,7 +369,7 @@ class GsmChannel:
             self.sweep(conn)
             self.next_sweep_at = now + self.sweep_interval_s
         if self.modem is None:
-            if now < self.next_open_at:
+            if now < self.next_open_at or self.pin_refused:
                 self.report_health_when_due(conn, now)
                 return 0
             if not self.open_modem():
@@ -413,8 +410,13 @@ class GsmChannel:
         try:
             self.initialise(modem.at)
         except (ModemError, CommandFailed) as e:
-            self.last_error = f"initialisation failed: {e}"
             modem.close()
+            if self.pin_refused:
+                self.last_error = (f"wrong PIN: the SIM refused settings.pin ({e}); "
+                                   "not tried again until the channel restarts")
+                log.error("wrong PIN channel=%s error=%s: the modem is left alone", self.name, e)
+                return False
+            self.last_error = f"initialisation failed: {e}"
             self.schedule_reopen()
             return False
         self.modem = modem
@@ -435,9 +437,7 @@ class GsmChannel:
         at.command("AT+CMEE=1", timeout)
         pin_state = at.command("AT+CPIN?", timeout, answer="+CPIN:")
         if pin_state and "SIM PIN" in pin_state[0]:
-            if self.settings.pin is None:
-                raise CommandFailed("AT+CPIN?", "the SIM asks for a PIN and the channel has none (settings.pin)")
-            at.command(f'AT+CPIN="{self.settings.pin}"', timeout)
+            self.enter_pin(at)
         elif pin_state and "READY" not in pin_state[0]:
             raise CommandFailed("AT+CPIN?", pin_state[0])
         at.command("AT+CMGF=0", timeout)
@@ -450,6 +450,23 @@ class GsmChannel:
         at.command("AT+CNMI=2,1,0,1,0", timeout)
         # registration changes announced (+CREG: <stat>): health follows without waiting
         at.command("AT+CREG=1", timeout)
+
+    def enter_pin(self, at: AtPort) -> None:
+        """AT+CPIN once. The PIN appears in no error, log line or health report; after one
+        refusal the channel never sends it again (a third wrong PIN locks the SIM: PUK)."""
+        try:
+            pin = self.settings.sim_pin()
+        except ConfigError as e:
+            raise CommandFailed("AT+CPIN?", str(e)) from None
+        if pin is None:
+            raise CommandFailed("AT+CPIN?", "the SIM asks for a PIN and the channel has none (settings.pin)")
+        try:
+            at.command(f'AT+CPIN="{pin}"', self.settings.command_timeout_s)
+        except CommandFailed as e:
+            self.pin_refused = True
+            raise CommandFailed("AT+CPIN=<PIN>", e.final) from None
+        except ModemTimeout:
+            raise ModemTimeout("no answer to AT+CPIN=<PIN> within the timeout") from None
 
     def check_modem(self) -> None:
         """The watchdog's probe every few seconds: signal and registration, or a timeout."""
@@ -805,14 +822,22 @@ class GsmChannel:
                 )
                 metrics.count_moves(Status.NOREPORT, self.name, len(moved))
                 log.info("no report channel=%s messages=%d", self.name, len(moved))
-            stale: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
             timeout = timedelta(seconds=self.settings.reassembly_timeout_s)
-            for row in conn.execute(TAKE_STALE_PARTS, {"channel": self.name, "timeout": timeout}):
-                stale.setdefault((row["from_address"], row["reference"], row["total"]), []).append(row)
-            for (sender, _, total), parts in stale.items():
-                self.store_concatenated(conn, sender, total, parts)
+            for group in conn.execute(SELECT_STALE_GROUPS, {"channel": self.name, "timeout": timeout}).fetchall():
+                self.store_stale(conn, group)
             conn.execute(FORGET_OLD_PDUS, {"age": RECEIVED_KEY_RETENTION})
         conn.commit()
+
+    def store_stale(self, conn: Connection, group: dict[str, Any]) -> None:
+        """One stale concatenated message, in a savepoint: one the table refuses stays behind
+        (logged) and the sweep goes on with the others."""
+        try:
+            with conn.transaction():
+                parts = conn.execute(TAKE_PARTS, {"channel": self.name, **group}).fetchall()
+                self.store_concatenated(conn, group["from_address"], group["total"], parts)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+            log.error("stale concatenated message not stored channel=%s reference=%s error=%s",
+                      self.name, group["reference"], str(e).splitlines()[0])
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -884,14 +909,9 @@ class GsmChannel:
             return
         UNDECODABLE.labels(self.name).inc()
         log.warning("undecodable PDU kept channel=%s index=%d error=%s", self.name, index, error)
-        self.insert_received(
-            conn,
-            sender_of(pdu_hex) or UNKNOWN_SENDER,
-            UNDECODABLE_BODY,
-            1,
-            {"undecodable": True, "pdu": pdu_hex},
-            error=f"undecodable PDU: {error}",
-        )
+        sender = sender_of(pdu_hex) or incoming.UNKNOWN_SENDER
+        row = incoming.received(sender, None, [], Encoding.LATIN1, {"undecodable": True, "pdu": pdu_hex})
+        self.insert_received(conn, replace(row, body=UNDECODABLE_BODY), 1, error=f"undecodable PDU: {error}")
 
     def store_pdu(self, conn: Connection, tpdu: bytes) -> None:
         if pdu.message_type(tpdu) == pdu.MTI_STATUS_REPORT:
@@ -902,8 +922,9 @@ class GsmChannel:
             log.info("already stored channel=%s (read again after a restart): deleting it from the SIM", self.name)
             return
         if message.concatenation is None:
-            body = join_payloads([message.payload], message.encoding, errors="replace")
-            self.insert_received(conn, message.sender, body, 1, {"smsc_timestamp": message.timestamp.isoformat()})
+            row = incoming.received(message.sender, None, [message.payload], message.encoding,
+                                    {"smsc_timestamp": message.timestamp.isoformat()})
+            self.insert_received(conn, row, 1)
             return
         part = message.concatenation
         key = {"channel": self.name, "from_address": message.sender, "reference": part.reference, "total": part.total}
@@ -918,45 +939,22 @@ class GsmChannel:
     def store_concatenated(self, conn: Connection, sender: str, total: int, parts: list[dict[str, Any]]) -> None:
         parts = sorted(parts, key=lambda p: p["part_number"])
         encoding = pdu.ENCODING_FOR_ALPHABET[pdu.alphabet_of(parts[0]["data_coding"])]
-        body = join_payloads([bytes(p["payload"]) for p in parts], encoding, errors="replace")
         properties: dict[str, Any] = {}
         missing = sorted(set(range(1, total + 1)) - {p["part_number"] for p in parts})
         if missing:
             properties = {"incomplete": True, "missing_parts": missing}
-        self.insert_received(conn, sender, body, total, properties)
+        row = incoming.received(sender, None, [bytes(p["payload"]) for p in parts], encoding, properties)
+        self.insert_received(conn, row, total)
 
     def insert_received(
-        self,
-        conn: Connection,
-        sender: str,
-        body: str,
-        parts: int,
-        properties: dict[str, Any],
-        error: str | None = None,
+        self, conn: Connection, message: incoming.Received, parts: int, error: str | None = None
     ) -> None:
-        """A sender the messages table refuses (an 12-character alphanumeric id, odd
-        characters) is kept in properties.sender rather than lose the message."""
-        params = {
-            "channel": self.name,
-            "from_address": sender,
-            "body": body or " ",
-            "parts": parts,
-            "properties": Jsonb(properties),
-            "error": error,
-        }
-        try:
-            with conn.transaction():
-                row = conn.execute(INSERT_RECEIVED, params).fetchone()
-        except psycopg.errors.CheckViolation as e:
-            log.warning(
-                "sender refused channel=%s error=%s: stored as from_address=unknown", self.name, e.diag.constraint_name
-            )
-            params.update(from_address=UNKNOWN_SENDER, properties=Jsonb({**properties, "sender": sender}))
-            row = conn.execute(INSERT_RECEIVED, params).fetchone()
-        assert row is not None
+        if message.from_address == incoming.UNKNOWN_SENDER and "sender" in message.properties:
+            log.warning("sender the address format refuses channel=%s: stored as from_address=unknown", self.name)
+        message_id = incoming.insert_received(conn, self.name, message, parts, error)
         RECEIVED.labels(self.name).inc()
         metrics.count_moves(Status.RECEIVED, self.name, 1)
-        log.info("received id=%d channel=%s parts=%d", row["id"], self.name, parts)
+        log.info("received id=%d channel=%s parts=%d", message_id, self.name, parts)
 
     def close(self) -> None:
         if self.modem is not None:

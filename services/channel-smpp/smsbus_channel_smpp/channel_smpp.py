@@ -39,12 +39,12 @@ from smsbus.statuses import Status
 from smsbus_channel_smpp import inbox, outbox
 from smsbus_channel_smpp.command_status import (
     ESME_ROK,
-    ESME_RX_P_APPN,
     ESME_RX_T_APPN,
     ErrorClass,
     classify,
     describe,
     parse_overrides,
+    status_label,
 )
 from smsbus_channel_smpp.database_thread import DatabaseThread
 from smsbus_channel_smpp.receipts import ESM_CLASS_UDHI, Receipt, is_receipt, normalise_provider_id, parse_receipt
@@ -431,7 +431,8 @@ class SmppChannel:
         handled = 0
         ended: SessionError | None = None
         try:
-            session.receive_available()
+            # more waiting: counted as work, so the main loop steps again at once
+            handled += session.receive_available()
         except SessionError as e:
             ended = e
         try:
@@ -473,7 +474,7 @@ class SmppChannel:
             return
         WINDOW_IN_USE.labels(**self.labels).set(len(self.outstanding))
         status = int(pdu.status)
-        RESPONSES.labels(self.name, f"0x{status:08X}").inc()
+        RESPONSES.labels(self.name, status_label(status)).inc()
         SUBMIT_RESPONSE_SECONDS.labels(**self.labels).observe(time.monotonic() - pending.submitted_at)
         flight = self.in_flight.get(pending.message_id)
         if flight is None:
@@ -789,31 +790,33 @@ class SmppChannel:
             else:
                 receipts.append(receipt)
             return ESME_ROK
+        INCOMING.labels(self.name, "message").inc()
+        sender = _address(pdu.source_addr, pdu.source_addr_ton)
+        recipient = _address(pdu.destination_addr, pdu.dest_addr_ton) or None
+        data_coding = int(pdu.data_coding or 0)
+        try:
+            concatenation, payload = split_user_data(short_message, bool(esm_class & ESM_CLASS_UDHI))
+            message = inbox.Incoming(sender, recipient, data_coding, payload)
+        except ValueError as e:
+            # a user data header that runs past the message: kept whole, never refused
+            INCOMING.labels(self.name, "malformed").inc()
+            log.warning("malformed user data header channel=%s error=%s: stored whole", self.name, e)
+            concatenation = None
+            message = inbox.Incoming(sender, recipient, data_coding, short_message, {"malformed_udh": True},
+                                     f"malformed user data header: {e}")
         try:
             with conn.transaction():
-                INCOMING.labels(self.name, "message").inc()
-                concatenation, payload = split_user_data(short_message, bool(esm_class & ESM_CLASS_UDHI))
-                message = inbox.Incoming(
-                    from_address=_address(pdu.source_addr, pdu.source_addr_ton),
-                    to_address=_address(pdu.destination_addr, pdu.dest_addr_ton) or None,
-                    data_coding=int(pdu.data_coding or 0),
-                    payload=payload,
-                )
                 stored = inbox.store_incoming(conn, self.name, message, concatenation)
-                if stored is not None:
-                    metrics.count_moves(Status.RECEIVED, self.name, 1)
-                    log.info("received id=%s channel=%s", stored, self.name)
-                return ESME_ROK
-        except ValueError as e:
-            log.error("refused deliver_sm channel=%s error=%s", self.name, e)
-            return ESME_RX_P_APPN
-        except psycopg.errors.IntegrityError as e:
-            # a sender or body our table refuses: told to the SMSC, which keeps the message
-            log.error("refused deliver_sm channel=%s error=%s", self.name, db.translate_refusal(e))
-            return ESME_RX_P_APPN
-        except psycopg.errors.DataError as e:
-            log.error("refused deliver_sm channel=%s error=%s", self.name, str(e).splitlines()[0])
+        except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as e:
+            # nothing the shared rules let through should get here: counted, and the SMSC
+            # keeps the message (a temporary error: it offers it again)
+            INCOMING.labels(self.name, "malformed").inc()
+            log.error("deliver_sm not stored channel=%s error=%s", self.name, str(e).splitlines()[0])
             return ESME_RX_T_APPN
+        if stored is not None:
+            metrics.count_moves(Status.RECEIVED, self.name, 1)
+            log.info("received id=%s channel=%s", stored, self.name)
+        return ESME_ROK
 
     # -- sending -------------------------------------------------------------------------
 

@@ -103,6 +103,12 @@ def describe(code: int) -> str:
     return f"0x{code:08X} {known.name}: {known.description}"
 
 
+def status_label(code: int) -> str:
+    """The metrics label: the code for ESME_ROK and the table's codes, else "other" (an SMSC
+    inventing codes must not create a time series each)."""
+    return f"0x{code:08X}" if code == ESME_ROK or code in COMMAND_STATUSES else "other"
+
+
 def parse_overrides(settings: Mapping[str, str]) -> dict[int, ErrorClass]:
     """The `error_classes` setting ({"0x0B": "temporary"}); validated by SmppSettings."""
     return {int(code, 0): ErrorClass(error_class) for code, error_class in settings.items()}

@@ -6,20 +6,22 @@ submit_sm_resp is recorded, and incoming messages (concatenated ones reassembled
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg.types.json import Jsonb
+import psycopg
 
-from smsbus import queue
-from smsbus.encoding import Concatenation, encoding_of, join_payloads
+from smsbus import incoming, queue
+from smsbus.encoding import Concatenation, encoding_of
 from smsbus.statuses import Status
 from smsbus_channel_smpp.receipts import FAILED_STATES, Receipt, receipt_key
 
 Connection = Any  # psycopg.Connection[dict[str, Any]]
+log = logging.getLogger("channel-smpp")
 
 # a batch of receipts at once, each by its id as the part recorded it
 APPLY_RECEIPTS = """
@@ -71,14 +73,6 @@ WHERE channel = %(channel)s AND receipt_state IS NULL
 RETURNING message_id
 """
 
-INSERT_RECEIVED = """
-INSERT INTO messages (direction, status, channel, from_address, to_address, body, parts,
-                      received_at, error, properties)
-VALUES ('in', 'RECEIVED', %(channel)s, %(from_address)s, %(to_address)s, %(body)s, %(parts)s,
-        now(), %(error)s, %(properties)s)
-RETURNING id
-"""
-
 INSERT_INCOMING_PART = """
 INSERT INTO incoming_parts (channel, from_address, reference, total, part_number, to_address,
                             data_coding, payload)
@@ -123,6 +117,9 @@ class Incoming:
     to_address: str | None
     data_coding: int
     payload: bytes
+    # kept with the message row: e.g. a malformed UDH's raw short_message
+    properties: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
 
 def apply_receipts(
@@ -209,8 +206,9 @@ def store_incoming(
 ) -> int | None:
     """The message row's id, or None while parts of a concatenated message are missing."""
     if concatenation is None:
-        body = join_payloads([message.payload], encoding_of(message.data_coding), "replace")
-        return insert_received(conn, channel, message.from_address, message.to_address, body, 1, None)
+        row = incoming.received(message.from_address, message.to_address, [message.payload],
+                                encoding_of(message.data_coding), message.properties)
+        return incoming.insert_received(conn, channel, row, 1, message.error)
     key = {"channel": channel, "from_address": message.from_address,
            "reference": concatenation.reference, "total": concatenation.total}
     conn.execute(INSERT_INCOMING_PART, {
@@ -227,22 +225,20 @@ def _assemble(conn: Connection, key: dict[str, Any]) -> int:
     numbers = [p["part_number"] for p in parts]
     missing = sorted(set(range(1, key["total"] + 1)) - set(numbers))
     error = f"incomplete: part(s) {', '.join(map(str, missing))} of {key['total']} never arrived" if missing else None
-    body = join_payloads([bytes(p["payload"]) for p in parts], encoding_of(parts[0]["data_coding"]), "replace")
-    return insert_received(conn, key["channel"], key["from_address"], parts[0]["to_address"], body, len(parts), error)
+    row = incoming.received(key["from_address"], parts[0]["to_address"], [bytes(p["payload"]) for p in parts],
+                            encoding_of(parts[0]["data_coding"]))
+    return incoming.insert_received(conn, key["channel"], row, len(parts), error)
 
 
 def store_stale_incomplete(conn: Connection, channel: str, timeout_s: float) -> list[int]:
-    """Concatenated messages whose missing parts never came: stored with what did arrive."""
-    stale = conn.execute(SELECT_STALE_INCOMPLETE, {"channel": channel, "timeout_s": timeout_s}).fetchall()
-    return [_assemble(conn, {"channel": channel, **row}) for row in stale]
-
-
-def insert_received(
-    conn: Connection, channel: str, from_address: str, to_address: str | None, body: str, parts: int, error: str | None
-) -> int:
-    row = conn.execute(INSERT_RECEIVED, {
-        "channel": channel, "from_address": from_address, "to_address": to_address or None,
-        "body": body, "parts": parts, "error": error, "properties": Jsonb({}),
-    }).fetchone()
-    return int(row["id"])
-
+    """Concatenated messages whose missing parts never came: stored with what did arrive.
+    A savepoint per message: one the table refuses stays behind (logged) and the rest go on."""
+    stored = []
+    for group in conn.execute(SELECT_STALE_INCOMPLETE, {"channel": channel, "timeout_s": timeout_s}).fetchall():
+        try:
+            with conn.transaction():
+                stored.append(_assemble(conn, {"channel": channel, **group}))
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+            log.error("stale concatenated message not stored channel=%s reference=%s error=%s",
+                      channel, group["reference"], str(e).splitlines()[0])
+    return stored

@@ -16,12 +16,16 @@ from smpplib import command_codes, exceptions, smpp
 from smpplib.client import SimpleSequenceGenerator
 
 from smsbus.channel_settings import SmppSettings
+from smsbus.errors import ConfigError
 
 PDU = Any  # smpplib's PDU classes carry no type annotations
 HEADER_BYTES = 16
 # far above any PDU we accept (short_message <= 254 octets, message_payload a few KB)
 MAX_PDU_BYTES = 65_536
 RECEIVE_BYTES = 65_536
+# read per call at most: an SMSC that floods waits in the kernel (TCP flow control) until
+# what was read is dispatched, stored and acknowledged
+MAX_BUFFER_BYTES = 4 * MAX_PDU_BYTES
 SEND_TIMEOUT_S = 5.0
 # requests whose mandatory fields must be there even when empty
 ALWAYS_HAVE_BODY = frozenset({"deliver_sm", "data_sm", "submit_sm"})
@@ -100,7 +104,9 @@ class Session:
         sock: socket.socket = raw
         if settings.tls:
             try:
-                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=settings.host)
+                # a private SMSC's own CA (tls_ca_file), else the system's; the host name checked
+                context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+                sock = context.wrap_socket(raw, server_hostname=settings.host)
             except (OSError, ssl.SSLError) as e:
                 raw.close()
                 raise ConnectionLost(f"TLS handshake with {settings.host} failed: {e}") from None
@@ -114,14 +120,12 @@ class Session:
         return session
 
     def _bind(self, settings: SmppSettings) -> None:
-        self.send(
-            self.make(
-                self.kind,
-                system_id=settings.system_id,
-                password=settings.password,
-                system_type=settings.system_type,
-            )
-        )
+        try:
+            password = settings.bind_password()
+        except ConfigError as e:  # the file went away or changed mode: tried again later
+            raise ConnectionLost(str(e)) from None
+        self.send(self.make(self.kind, system_id=settings.system_id, password=password,
+                            system_type=settings.system_type))
         deadline = time.monotonic() + settings.connect_timeout_s
         while True:
             pdu = self.next_pdu()
@@ -161,19 +165,20 @@ class Session:
         self.send(response)
 
     def receive_available(self) -> bool:
-        """Read what the kernel holds without blocking; True when bytes arrived."""
-        got = False
-        while True:
+        """Read what the kernel holds without blocking, up to MAX_BUFFER_BYTES buffered;
+        True when the buffer is full and more may wait (in the kernel or in TLS's buffer,
+        which the poller does not see): call again once the PDUs are dispatched."""
+        while len(self.buffer) < MAX_BUFFER_BYTES:
             try:
-                data = self.sock.recv(RECEIVE_BYTES)
+                data = self.sock.recv(min(RECEIVE_BYTES, MAX_BUFFER_BYTES - len(self.buffer)))
             except (BlockingIOError, ssl.SSLWantReadError):
-                return got
+                return False
             except OSError as e:
                 raise ConnectionLost(str(e)) from None
             if not data:
                 raise ConnectionLost("the SMSC closed the connection")
             self.buffer += data
-            got = True
+        return True
 
     def next_pdu(self) -> PDU | None:
         """The next complete PDU in the buffer, or None; ProtocolError for garbage."""

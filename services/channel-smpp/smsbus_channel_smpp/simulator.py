@@ -9,6 +9,8 @@ Commands, one per line on the control port (each answered with one line, `ok ...
     receipt-tlvs on|off
     throttle FRACTION | error FRACTION STATUS | fail-next N STATUS | drop | drop-after N
     inject FROM TO TEXT | inject-parts FROM TO 1,3 TEXT | garbage length|unknown|malformed
+    inject-raw JSON (deliver_sm fields as given: source_addr, destination_addr and
+        short_message in hex, source_addr_ton, source_addr_npi, data_coding, esm_class)
     stats | flush
 Message ids are given in upper-case hex with leading zeros; receipts name them in decimal
 in the text and in lower-case hex in the receipted_message_id TLV, as some SMSCs do.
@@ -281,6 +283,21 @@ class Simulator:
         self.counts["injected"] += 1
         return len(messages)
 
+    def inject_raw(self, fields: dict[str, Any]) -> None:
+        """A deliver_sm exactly as asked, unchecked: what a hostile or broken SMSC can send."""
+        connection = self.receiver()
+        if connection is None:
+            raise ValueError("no receiver or transceiver is bound")
+        # smpplib writes C-string fields from str, one octet per character
+        addresses = {name: bytes.fromhex(fields.get(name, "")).decode("latin-1")
+                     for name in ("source_addr", "destination_addr")}
+        numbers = {name: int(fields.get(name, 0)) for name in ("source_addr_ton", "source_addr_npi",
+                                                                "dest_addr_ton", "dest_addr_npi",
+                                                                "data_coding", "esm_class")}
+        connection.send(smpp.make_pdu("deliver_sm", client=connection.sequences, **addresses, **numbers,
+                                      short_message=bytes.fromhex(fields.get("short_message", ""))))
+        self.counts["injected"] += 1
+
     def drop(self) -> int:
         dropped = len(self.connections)
         for connection in list(self.connections):
@@ -340,6 +357,8 @@ class Simulator:
             source, destination, numbers, text = rest.split(" ", 3)
             only = {int(n) for n in numbers.split(",")}
             return f"ok parts {self.inject(source, destination, text, only)}"
+        elif verb == "inject-raw":
+            self.inject_raw(json.loads(rest))
         elif verb == "garbage":
             self.garbage(rest.strip())
         elif verb == "stats":
