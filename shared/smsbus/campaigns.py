@@ -384,7 +384,7 @@ def check_new_campaign(new: NewCampaign) -> dict[str, Any]:
         raise InvalidCampaign("template", "needs some text besides its {fields}, so that no message can be empty")
     try:
         ZoneInfo(new.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidCampaign("time_zone", f"unknown time zone {new.time_zone!r} (e.g. Europe/Amsterdam)") from None
     if new.default_region is not None and new.default_region not in phonenumbers.SUPPORTED_REGIONS:
         raise InvalidCampaign("default_region", f"unknown region {new.default_region!r} (e.g. NL, US, GB)")

@@ -46,7 +46,7 @@ def test_an_agent_cannot_open_manager_pages_nor_make_their_writes(stack: WebStac
     stack.log_in(page, "agent")
     assert page.url == f"{stack.url}/messenger"
     expect(page.get_by_role("link", name="Messages")).to_have_count(0)
-    for path in ("/manager", "/manager/messages", "/manager/channels", "/manager/rules"):
+    for path in ("/manager", "/manager/messages", "/manager/channels", "/manager/rules", "/manager/users"):
         response = page.goto(stack.url + path)
         assert response is not None and response.status == 403, path
         expect(page.get_by_role("heading")).to_have_text("This page is not for your role")

@@ -25,7 +25,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from smsbus.config import Settings
 from smsbus.errors import SmsbusError
-from smsbus_api import compat, configuration, events, health, messages, sessions
+from smsbus_api import campaigns, compat, configuration, events, health, messages, sessions
 from smsbus_api.api import ApiSettings
 from smsbus_api.auth import KeyCache, require_scope
 from smsbus_api.database import Database
@@ -44,11 +44,16 @@ DOCS_ASSETS = "/v1/docs-assets"
 
 # the request bodies, by the name the document gives them
 INPUT_STRUCTS: dict[str, type[msgspec.Struct]] = {
-    struct.__name__: struct for module in (messages, configuration, sessions) for struct in vars(module).values()
+    struct.__name__: struct
+    for module in (messages, configuration, sessions, campaigns)
+    for struct in vars(module).values()
     if isinstance(struct, type) and issubclass(struct, msgspec.Struct)
 }
 
-ROUTES = [*health.ROUTES, *sessions.ROUTES, *messages.ROUTES, *configuration.ROUTES, *events.ROUTES, *compat.ROUTES]
+ROUTES = [
+    *health.ROUTES, *sessions.ROUTES, *messages.ROUTES, *configuration.ROUTES, *campaigns.ROUTES, *events.ROUTES,
+    *compat.ROUTES,
+]
 
 
 def openapi_config() -> OpenAPIConfig:

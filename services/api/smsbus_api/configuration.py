@@ -358,9 +358,15 @@ async def move_trigger(request: Request[Any, Any, Any], ref: str, data: MoveTo) 
       summary="Dry-run a trigger on a message: its output, nothing changed")
 async def test_trigger(request: Request[Any, Any, Any], ref: str, data: TriggerTest) -> TriggerTestResult:
     trigger = await in_transaction(request, lambda conn: triggers.find_trigger(conn, ref))
+    return await dry_run(trigger.id, data.message_id)
+
+
+async def dry_run(trigger_id: int, message_id: int) -> TriggerTestResult:
+    """`smsbus-triggers test`: the triggers service's own code runs the trigger on the message
+    and rolls back (also the Manager's trigger page)."""
     executable = Path(sys.executable).parent / TRIGGERS_EXECUTABLE
     process = await asyncio.create_subprocess_exec(
-        str(executable), "test", str(trigger.id), "--message", str(data.message_id),
+        str(executable), "test", str(trigger_id), "--message", str(message_id),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:

@@ -10,7 +10,15 @@ from litestar import Request, Response, Router, get
 from litestar.static_files import create_static_files_router
 
 from smsbus_api.auth import authenticate, scope
-from smsbus_api.web import dashboard, manager_channels, manager_messages, manager_rules, messenger
+from smsbus_api.web import (
+    admin,
+    dashboard,
+    manager_channels,
+    manager_messages,
+    manager_rules,
+    manager_triggers,
+    messenger,
+)
 from smsbus_api.web.pages import STATIC, LoginRequired, RoleRequired, render, role_refused, see_other, to_login
 
 
@@ -34,7 +42,7 @@ def web_router() -> Router:
         path="/",
         route_handlers=[
             show_home, show_login, *messenger.ROUTES, *dashboard.ROUTES, *manager_messages.ROUTES,
-            *manager_channels.ROUTES, *manager_rules.ROUTES,
+            *manager_channels.ROUTES, *manager_rules.ROUTES, *admin.ROUTES, *manager_triggers.ROUTES,
             create_static_files_router("/static", [STATIC], opt=scope(None), include_in_schema=False),
         ],
         exception_handlers={LoginRequired: to_login, RoleRequired: role_refused},
