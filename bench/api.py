@@ -27,7 +27,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from common import peak_rss_mb, percentile, print_table, service_environment, start_service, throwaway_database
+from common import (
+    peak_rss_mb,
+    percentile,
+    print_table,
+    service_environment,
+    start_broker,
+    start_service,
+    throwaway_database,
+)
 from smsbus import access
 from smsbus.bus import Publisher
 from smsbus.queue import INSERT_MESSAGE_ONCE
@@ -165,8 +173,7 @@ def main() -> None:
         env.update(SMSBUS_API_PORT=str(port), SMSBUS_BROKER_METRICS_PORT="0")
         with psycopg.connect(url) as conn:
             key = access.create_api_key(conn, "bench", ["send", "read"]).key
-        broker = start_service(["smsbus-broker"], env, Path(tmp) / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, Path(tmp))
         api = start_service(["smsbus-api"], env, Path(tmp) / "api.log")
         api.wait_for_port(port)
         try:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from common import percentile, print_table, service_environment, start_service, throwaway_database
+from common import percentile, print_table, service_environment, start_broker, start_service, throwaway_database
 from smsbus import campaigns
 from smsbus.campaigns import NewCampaign
 from smsbus.db import connect
@@ -160,8 +160,7 @@ def main() -> None:
         env = service_environment(url, directory / "var")
         env.update({"SMSBUS_LOG_LEVEL": "WARNING", "SMSBUS_CAMPAIGNS_METRICS_PORT": "0",
                     "SMSBUS_ROUTER_METRICS_PORT": "0"})
-        broker = start_service(["smsbus-broker"], env, directory / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, directory)
         try:
             load_s, report = load(url, directory, args.rows)
             fed = feed_rate(url, env, directory, args.rate, args.seconds)

@@ -35,6 +35,13 @@ from tests.peers.processes import (  # noqa: E402, F401  (re-exported for the be
 )
 
 
+def start_broker(env: Mapping[str, str], directory: Path, timeout_s: float = 10.0) -> ServiceProcess:
+    """The broker every benchmark stack starts first, listening before anything publishes."""
+    broker = start_service(["smsbus-broker"], dict(env), directory / "broker.log")
+    broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]), timeout_s=timeout_s)
+    return broker
+
+
 @contextlib.contextmanager
 def throwaway_database(server_settings: Mapping[str, str] | None = None) -> Iterator[str]:
     """A freshly migrated database; yields its URL and removes it afterwards."""

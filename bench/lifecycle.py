@@ -28,7 +28,7 @@ import smpplib.client
 import smpplib.consts
 from psycopg.rows import dict_row
 
-from common import ServiceProcess, print_table, service_environment, start_service, throwaway_database
+from common import ServiceProcess, print_table, service_environment, start_broker, start_service, throwaway_database
 from tests.peers.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 
 WINDOW = 50
@@ -186,8 +186,7 @@ def main() -> None:
         directory = Path(temp)
         env = service_environment(url, directory / "var")
         env["SMSBUS_LOG_LEVEL"] = "WARNING"
-        broker = start_service(["smsbus-broker"], env, directory / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, directory)
         smsc = start_smsc(env, directory, "--receipt-delay-ms", "0")
         try:
             database = postgres_pids(url)

@@ -29,6 +29,7 @@ from common import (
     peak_rss_mb,
     print_table,
     service_environment,
+    start_broker,
     start_service,
     throwaway_database,
 )
@@ -179,8 +180,7 @@ def main() -> None:
     with throwaway_database() as url:
         data_dir = Path(tempfile.mkdtemp(prefix="smsbus-bench-router-"))
         env = service_environment(url, data_dir)
-        broker = start_service(["smsbus-broker"], env, data_dir / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, data_dir)
         stop = threading.Event()
         health = threading.Thread(target=keep_channels_healthy, args=(url, stop), daemon=True)
         try:

@@ -31,6 +31,7 @@ from common import (
     percentile,
     print_table,
     service_environment,
+    start_broker,
     start_service,
     throwaway_database,
 )
@@ -144,8 +145,7 @@ def main() -> None:
         directory = Path(temp)
         env = service_environment(url, directory / "var")
         env["SMSBUS_LOG_LEVEL"] = "WARNING"
-        broker = start_service(["smsbus-broker"], env, directory / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, directory)
         smsc = start_smsc(env, directory, "--receipt-delay-ms", "0")
         try:
             with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:

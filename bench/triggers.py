@@ -31,6 +31,7 @@ from common import (
     percentile,
     print_table,
     service_environment,
+    start_broker,
     start_service,
     throwaway_database,
 )
@@ -38,9 +39,9 @@ from smsbus import triggers
 from smsbus.bus import Subscriber, notify_status_update
 from smsbus.config import BusSettings
 from smsbus.message import Message
+from smsbus.queue import IS_PERMANENT
 from smsbus_triggers.protocol import RunScript
 from smsbus_triggers.runner import WorkerProcess
-from smsbus_triggers.triggers import IS_PERMANENT
 from smsbus_triggers.worker import ScriptHost
 
 PYTHON_TRIGGERS = {
@@ -206,8 +207,7 @@ def main() -> None:
         tmp = Path(tmp_dir)
         env = service_environment(url, tmp / "var")
         env["SMSBUS_TRIGGERS_METRICS_PORT"] = "0"
-        broker = start_service(["smsbus-broker"], env, tmp / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]), timeout_s=60)
+        broker = start_broker(env, tmp, timeout_s=60)
         add_chain(url)
 
         rows = [measure_throughput(url, env, tmp, broker, processes, args.messages) for processes in (1, 2)]

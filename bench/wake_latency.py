@@ -30,7 +30,7 @@ from common import (
     percentile,
     print_table,
     service_environment,
-    start_service,
+    start_broker,
     throwaway_database,
 )
 from smsbus.bus import Subscriber, notify_status_update
@@ -177,8 +177,7 @@ def main() -> None:
     with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
         env = service_environment(url, Path(tmp) / "var")
         env["SMSBUS_BROKER_MAX_LISTENER_BUFFER_BYTES"] = "1048576"
-        broker = start_service(["smsbus-broker"], env, Path(tmp) / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, Path(tmp))
         bus = bus_of(env)
         subscriber = Subscriber(bus, ["status"])
         wait_subscribed(bus, subscriber)

@@ -35,6 +35,7 @@ from common import (
     percentile,
     print_table,
     service_environment,
+    start_broker,
     start_service,
     throwaway_database,
 )
@@ -142,8 +143,7 @@ def main() -> None:
         env = service_environment(url, directory / "var")
         env.update({"SMSBUS_LOG_LEVEL": "WARNING", "SMSBUS_WEBHOOKS_CONCURRENCY": str(args.concurrency),
                     "SMSBUS_WEBHOOKS_BATCH_SIZE": str(args.batch_size), "SMSBUS_WEBHOOKS_POLL_INTERVAL_S": "1"})
-        broker = start_service(["smsbus-broker"], env, directory / "broker.log")
-        broker.wait_for_port(int(env["SMSBUS_BUS_NOTIFY_PORT"]))
+        broker = start_broker(env, directory)
         receiver = CallbackServer(env, directory).start()
         webhooks: ServiceProcess = start_service(["smsbus-webhooks"], env, directory / "webhooks.log")
         try:
