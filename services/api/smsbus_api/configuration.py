@@ -23,9 +23,9 @@ import smsbus.rules as rules
 import smsbus.triggers as triggers
 from smsbus.config import load_section
 from smsbus.message import NewMessage
-from smsbus.route_explain import EXPLAIN_TIMEOUT_S, explain
+from smsbus.route_explain import explain_changing_nothing
 from smsbus.routing import RouterZone
-from smsbus.rules import RuleKind, refusal_text
+from smsbus.rules import RuleKind
 from smsbus_api.auth import scope
 from smsbus_api.problems import ProblemError
 
@@ -244,14 +244,7 @@ async def explain_route(request: Request[Any, Any, Any], data: ExplainIn) -> Exp
     time_zone = load_section("router", RouterZone).time_zone
 
     def work(conn: psycopg.Connection[Any]) -> list[str]:
-        try:
-            return explain(conn, time_zone, message_id=data.message_id, proposed=proposed)
-        except psycopg.errors.QueryCanceled:
-            raise ProblemError(422, f"the rules took longer than {EXPLAIN_TIMEOUT_S} s") from None
-        except (psycopg.ProgrammingError, psycopg.DataError) as e:
-            raise ProblemError(422, f"a rule raised on this message: {refusal_text(e)}") from None
-        finally:
-            conn.rollback()
+        return explain_changing_nothing(conn, time_zone, message_id=data.message_id, proposed=proposed)
 
     return Explanation(await in_transaction(request, work))
 
